@@ -1,0 +1,64 @@
+"""MSA main branch: block-sparse prefill attention (``msa_sparse_prefill``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from msa_jax import _common as c
+from msa_jax import _ffi  # noqa: F401
+from msa_jax.plan import PrefillPlan
+
+__all__ = ["sparse_prefill"]
+
+
+def check_block_ids(op: str, block_ids, rows: int, plan) -> None:
+    c.check_array(op, "block_ids", block_ids, rank=3, dtypes=(jnp.int32,))
+    c.check_dim(op, "block_ids", block_ids, 0, rows, "the plan's query tokens")
+    c.check_dim(op, "block_ids", block_ids, 1, plan.num_kv_heads, "num_kv_heads")
+    if block_ids.shape[2] < 1:
+        raise ValueError(f"{op}: block_ids needs at least one slot, got shape {c.shape_str(block_ids)}")
+
+
+def sparse_prefill(q, k, v, block_ids, plan: PrefillPlan, *, page_table=None, scale: Optional[float] = None,
+                   k_scale: float = 1.0, v_scale: float = 1.0, return_lse: bool = False):
+    """Exact attention of every query head over the visible tokens of its group's selected blocks.
+
+    Args:
+      q: ``[T, Hq, D]``; k, v: dense ``[Tk, Hkv, D]`` or paged ``[num_pages, Hkv, page_size, D]``
+        (q's dtype or float8_e4m3fn with ``k_scale`` / ``v_scale``).
+      block_ids: ``[T, Hkv, K] int32`` per query token and KV group (from :func:`topk_select`);
+        ``-1``, out-of-range ids and repeats are skipped.
+      plan: a :class:`PrefillPlan`; ``page_table [B, max_pages] int32`` for paged plans.
+
+    Returns ``o [T, Hq, D]`` (and ``lse [T, Hq] float32`` with ``return_lse``). A row whose
+    selection holds no visible token gets ``o = 0`` and ``lse = -inf``.
+    """
+    op = "sparse_prefill"
+    c.check_plan(op, plan, (PrefillPlan,))
+    c.check_array(op, "q", q, rank=3, dtypes=c.FLOAT_DTYPES)
+    T, Hq, D = q.shape
+    c.check_dim(op, "q", q, 0, plan.total_q, "the plan's total query tokens")
+    c.check_dim(op, "q", q, 1, plan.num_q_heads, "num_q_heads")
+    c.check_dim(op, "q", q, 2, plan.head_dim, "head_dim")
+    for name, x in (("k", k), ("v", v)):
+        c.check_kv_cache(op, name, x, plan, heads=plan.num_kv_heads, head_dim=D, page_table=page_table)
+        c.check_kv_dtype(op, name, x, q.dtype)
+    check_block_ids(op, block_ids, T, plan)
+    q_indptr, kv_indptr, kv_lens = c.seq_arrays(op, plan)
+    pt = page_table if plan.paged else c.dummy_page_table(plan)
+    call = jax.ffi.ffi_call(
+        "msa_sparse_prefill",
+        (jax.ShapeDtypeStruct((T, Hq, D), q.dtype), jax.ShapeDtypeStruct((T, Hq), jnp.float32)),
+        vmap_method="sequential")
+    attributes = c.attrs(scale=c.default_scale(scale, D), k_scale=float(k_scale), v_scale=float(v_scale),
+                         causal=plan.causal, paged=plan.paged, block_size=plan.block_size)
+
+    @c.inference_only(op)
+    def run(q, k, v, block_ids, pt):
+        return call(q, k, v, block_ids, q_indptr, kv_indptr, kv_lens, pt, **attributes)
+
+    o, lse = run(q, k, v, block_ids, pt)
+    return (o, lse) if return_lse else o
