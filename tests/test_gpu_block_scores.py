@@ -89,7 +89,7 @@ PREFILL_CASES = [
     # prefill), q_len == kv_len, a single short row.
     ([300, 77, 1], [300, 500, 129]),
     ([513, 128], [1000, 128]),
-    ([5], [1]),
+    ([1], [5]),
 ]
 
 
