@@ -23,10 +23,10 @@ python3 -c "import msa_jax; print('cuda kernels:', msa_jax.cuda_kernels())"
 T="$REPO/tests"
 kargs=(); [ -n "$filter" ] && kargs=(-k "$filter")
 if [[ "$what" == tests || "$what" == all ]]; then
-  python3 -m pytest "$T" -m gpu -q -x --rootdir "$REPO" -p no:cacheprovider "${kargs[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+  python3 -m pytest "$T" -m gpu -q --maxfail=25 --rootdir "$REPO" -p no:cacheprovider "${kargs[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ "$what" == sanitize || "$what" == all ]]; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "$T" -m gpu -q -x --rootdir "$REPO" \
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "$T" -m gpu -q --maxfail=25 --rootdir "$REPO" \
     -p no:cacheprovider "${kargs[@]}" > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3
 fi

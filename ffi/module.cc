@@ -45,6 +45,8 @@ nb::list cuda_kernels() {
   l.append("msa_append_paged");
   l.append("msa_topk_select");
   l.append("msa_block_scores");
+  l.append("msa_decode");
+  l.append("msa_sparse_prefill");
 #endif
   return l;
 }

@@ -13,6 +13,7 @@ from msa_jax.append_kv import append_cache, append_kv
 from msa_jax.attention import attention
 from msa_jax.block_scores import block_scores
 from msa_jax.decode import decode
+from msa_jax.decode_step import sparse_decode_step
 from msa_jax.plan import DecodePlan, PrefillPlan, plan_decode, plan_prefill
 from msa_jax.sparse_attention import sparse_attention
 from msa_jax.sparse_prefill import sparse_prefill
@@ -24,5 +25,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DecodePlan", "PrefillPlan", "append_cache", "append_kv", "attention", "block_scores",
     "cuda_kernels", "decode", "plan_decode", "plan_prefill", "reference", "sparse_attention",
-    "sparse_prefill", "topk_select", "with_cuda",
+    "sparse_decode_step", "sparse_prefill", "topk_select", "with_cuda",
 ]

@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 import functools
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+import pathlib
 
 import jax
 
-from msa_jax import _msa_jax_ffi
+
+def _load_extension():
+    """The compiled extension; also found when Python imports this source tree
+    (e.g. ``python -m msa_jax.demo`` run from the repository root after ``pip install .``)."""
+    try:
+        from msa_jax import _msa_jax_ffi
+        return _msa_jax_ffi
+    except ImportError:
+        pass
+    try:
+        dist = importlib.metadata.distribution("msa_jax")
+        files = [f for f in dist.files or () if f.name.startswith("_msa_jax_ffi")
+                 and f.suffix in importlib.machinery.EXTENSION_SUFFIXES[-1:] + [".so", ".pyd"]]
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        path = pathlib.Path(dist.locate_file(f))
+        if path.exists():
+            spec = importlib.util.spec_from_file_location("msa_jax._msa_jax_ffi", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise ImportError("msa_jax's compiled extension (_msa_jax_ffi) was not found: install the package "
+                      "with `pip install .` (it builds the C++/CUDA handlers)")
+
+
+_msa_jax_ffi = _load_extension()
 
 __all__ = ["with_cuda", "cuda_kernels", "ensure_registered"]
 

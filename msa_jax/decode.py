@@ -12,7 +12,25 @@ from msa_jax import _ffi  # noqa: F401
 from msa_jax.plan import DecodePlan
 from msa_jax.sparse_prefill import check_block_ids
 
-__all__ = ["decode"]
+__all__ = ["decode", "decode_num_splits", "decode_scratch_bytes"]
+
+
+# Split-K schedule of the GPU kernel, from static shapes only (mirror of
+# cuda/decode/decode.h): about 2048 CTAs, >= 4 pages and <= 1024 pages (or
+# selected blocks) per split; partials (f32 o and lse) go to a scratch output.
+def decode_num_splits(batch: int, num_kv_heads: int, max_pages: int, topk: int) -> int:
+    n = topk if topk > 0 else max_pages
+    if n <= 0:
+        return 1
+    s = -(-2048 // max(batch * num_kv_heads, 1))
+    s = min(s, -(-n // 4), 1024)
+    return max(s, -(-n // 1024), 1)
+
+
+def decode_scratch_bytes(batch: int, num_q_heads: int, head_dim: int, num_splits: int) -> int:
+    if num_splits <= 1:
+        return 0
+    return -(-(batch * num_q_heads * num_splits * 4) // 256) * 256 + batch * num_q_heads * num_splits * head_dim * 4
 
 
 def decode(q, k_cache, v_cache, page_table, kv_lens, plan: DecodePlan, *, block_ids=None,
@@ -50,16 +68,18 @@ def decode(q, k_cache, v_cache, page_table, kv_lens, plan: DecodePlan, *, block_
         check_block_ids(op, block_ids, B, plan)
     else:
         block_ids = jnp.zeros((B, plan.num_kv_heads, 0), jnp.int32)
+    splits = decode_num_splits(B, plan.num_kv_heads, page_table.shape[1], block_ids.shape[2])
     call = jax.ffi.ffi_call(
         "msa_decode",
-        (jax.ShapeDtypeStruct((B, Hq, D), q.dtype), jax.ShapeDtypeStruct((B, Hq), jnp.float32)),
+        (jax.ShapeDtypeStruct((B, Hq, D), q.dtype), jax.ShapeDtypeStruct((B, Hq), jnp.float32),
+         jax.ShapeDtypeStruct((decode_scratch_bytes(B, Hq, D, splits),), jnp.uint8)),
         vmap_method="sequential")
     attributes = c.attrs(scale=c.default_scale(scale, D), k_scale=float(k_scale), v_scale=float(v_scale),
-                         sparse=sparse)
+                         sparse=sparse, num_splits=splits)
 
     @c.inference_only(op)
     def run(q, k_cache, v_cache, page_table, lens, block_ids):
-        return call(q, k_cache, v_cache, page_table, lens, block_ids, **attributes)
+        return call(q, k_cache, v_cache, page_table, lens, block_ids, **attributes)[:2]
 
     o, lse = run(q, k_cache, v_cache, page_table, lens, block_ids)
     return (o, lse) if return_lse else o

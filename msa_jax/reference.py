@@ -18,7 +18,7 @@ import numpy as np
 from msa_jax.plan import DecodePlan, PrefillPlan
 
 __all__ = ["attention", "block_scores", "topk_select", "sparse_prefill", "decode", "append_kv",
-           "append_cache", "sparse_attention", "dense_attention"]
+           "append_cache", "sparse_attention", "sparse_decode_step", "dense_attention"]
 
 NEG_INF = -jnp.inf
 
@@ -287,6 +287,24 @@ def sparse_attention(q, k, v, q_idx, k_idx, plan, *, topk=16, local_blocks=1, si
     ids = topk_select(scores, topk, plan, local_blocks=local_blocks, sink_blocks=sink_blocks)
     o = sparse_prefill(q, k, v, ids, plan, page_table=page_table, scale=scale)
     return (o, ids) if return_block_ids else o
+
+
+def sparse_decode_step(q, k_new, v_new, q_idx, k_idx_new, k_cache, v_cache, k_idx_cache, page_table, kv_lens,
+                       plan, *, topk=16, local_blocks=1, sink_blocks=0, scale=None, index_scale=None,
+                       k_scale=1.0, v_scale=1.0, index_k_scale=1.0, dense=False):
+    """Reference of :func:`msa_jax.sparse_decode_step`."""
+    k_cache = append_cache(k_cache, k_new, page_table, kv_lens, scale=k_scale)
+    v_cache = append_cache(v_cache, v_new, page_table, kv_lens, scale=v_scale)
+    k_idx_cache = append_cache(k_idx_cache, k_idx_new, page_table, kv_lens, scale=index_k_scale)
+    lens = kv_lens + 1
+    ids = None
+    if not dense:
+        scores = block_scores(q_idx, k_idx_cache, plan, page_table=page_table, kv_lens=lens, scale=index_scale,
+                              k_scale=index_k_scale)
+        ids = topk_select(scores, topk, plan, local_blocks=local_blocks, sink_blocks=sink_blocks, kv_lens=lens)
+    o = decode(q, k_cache, v_cache, page_table, lens, plan, block_ids=ids, scale=scale, k_scale=k_scale,
+               v_scale=v_scale)
+    return o, k_cache, v_cache, k_idx_cache, lens
 
 
 def dense_attention(q, k, v, plan, *, page_table=None, scale=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import jax
@@ -12,6 +13,39 @@ from msa_jax import _ffi  # noqa: F401
 from msa_jax.plan import PrefillPlan
 
 __all__ = ["sparse_prefill"]
+
+
+# GPU pass schedule (mirror of cuda/sparse_prefill/sparse_prefill.h): queries are
+# processed in passes of q_chunk rows so that the per-slot partial O of one pass
+# stays within 1 GiB; the scratch output holds one pass's CSR lists, work list
+# and partials. Shapes only. MSA_JAX_SPARSE_PREFILL_Q_CHUNK overrides q_chunk
+# (tests use it to force several passes).
+def _a256(x: int) -> int:
+    return -(-x // 256) * 256
+
+
+def sparse_prefill_total_blocks(paged: bool, batch: int, block_size: int, dense_rows: int, max_pages: int) -> int:
+    return batch * max_pages if paged else -(-dense_rows // block_size) + batch
+
+
+def sparse_prefill_q_chunk(T: int, Hq: int, D: int, K: int) -> int:
+    env = os.environ.get("MSA_JAX_SPARSE_PREFILL_Q_CHUNK")
+    if env:
+        return max(1, int(env))
+    per_q = Hq * K * (D * 2 + 4)
+    c = max(32, (2**30 // per_q) // 32 * 32)
+    return max(1, min(T, c))
+
+
+def sparse_prefill_scratch_bytes(T, Hq, Hkv, D, K, total_blocks, q_chunk, B) -> int:
+    tc = min(q_chunk, max(T, 1))
+    N = Hkv * total_blocks
+    W = -(-tc // 32)
+    E = tc * Hkv * K
+    P = max(1, 128 // (Hq // Hkv))
+    WI = -(-E // P) + min(N, E)
+    return (_a256(4 * (4 * B + 2)) + _a256(4 * N) + _a256(4 * (N + 1)) + _a256(4 * N * W) + _a256(4 * E) + 256
+            + _a256(32 * WI) + _a256(4 * tc * Hq * K) + _a256(2 * tc * Hq * K * D))
 
 
 def check_block_ids(op: str, block_ids, rows: int, plan) -> None:
@@ -49,16 +83,22 @@ def sparse_prefill(q, k, v, block_ids, plan: PrefillPlan, *, page_table=None, sc
     check_block_ids(op, block_ids, T, plan)
     q_indptr, kv_indptr, kv_lens = c.seq_arrays(op, plan)
     pt = page_table if plan.paged else c.dummy_page_table(plan)
+    K = block_ids.shape[2]
+    total_blocks = sparse_prefill_total_blocks(plan.paged, plan.batch_size, plan.block_size, k.shape[0],
+                                               pt.shape[1])
+    q_chunk = sparse_prefill_q_chunk(T, Hq, D, K)
+    scratch = sparse_prefill_scratch_bytes(T, Hq, plan.num_kv_heads, D, K, total_blocks, q_chunk, plan.batch_size)
     call = jax.ffi.ffi_call(
         "msa_sparse_prefill",
-        (jax.ShapeDtypeStruct((T, Hq, D), q.dtype), jax.ShapeDtypeStruct((T, Hq), jnp.float32)),
+        (jax.ShapeDtypeStruct((T, Hq, D), q.dtype), jax.ShapeDtypeStruct((T, Hq), jnp.float32),
+         jax.ShapeDtypeStruct((scratch,), jnp.uint8)),
         vmap_method="sequential")
     attributes = c.attrs(scale=c.default_scale(scale, D), k_scale=float(k_scale), v_scale=float(v_scale),
-                         causal=plan.causal, paged=plan.paged, block_size=plan.block_size)
+                         causal=plan.causal, paged=plan.paged, block_size=plan.block_size, q_chunk=q_chunk)
 
     @c.inference_only(op)
     def run(q, k, v, block_ids, pt):
-        return call(q, k, v, block_ids, q_indptr, kv_indptr, kv_lens, pt, **attributes)
+        return call(q, k, v, block_ids, q_indptr, kv_indptr, kv_lens, pt, **attributes)[:2]
 
     o, lse = run(q, k, v, block_ids, pt)
     return (o, lse) if return_lse else o

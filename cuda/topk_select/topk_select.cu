@@ -1,17 +1,23 @@
 // Block top-k selection (docs/ffi-contract.md, msa_topk_select).
 //
-// One warp per (row, segment); a segment (<= 2048 blocks) lives in registers:
-// lane l holds float4 chunks j*32+l (j < V), so every load instruction of the
-// warp reads 512 contiguous bytes. Scores become order-preserving uint32 keys
-// (integer ops only: NaN -> 1, below every number; -0 -> +0; 0 marks "not
-// eligible"); ties are broken by position, and positions are in id order.
+// Persistent warps loop over (row, segment) items; a segment (<= 2048 blocks)
+// lives in registers: lane l holds float4 chunks j*32+l (j < V), so every load
+// instruction of the warp reads 512 contiguous bytes. With 16-byte aligned
+// rows, the next item's segment is prefetched with cp.async into a per-warp
+// shared-memory double buffer while the current one is selected (each lane
+// reads back only the chunks it copied itself: no warp barrier needed).
+// Scores become order-preserving uint32 keys (integer ops only: NaN -> 1,
+// below every number; -0 -> +0; 0 marks "not eligible"); ties are broken by
+// position, and positions are in id order.
 //
 // Selection of the m best keys of a segment:
 //  1. a lower bound t of the m-th largest key: the m-th largest lane maximum
 //     (m <= 32, bitonic sort across lanes) or of the lane top-2 (m <= 64,
 //     bisection); at least m keys are >= t, so the top m are among them;
-//  2. if at most 64 keys are >= t: compact them (in position order) to shared
-//     memory and rank each exactly against the others;
+//  2. if at most 64 keys are >= t: compact them (prefix sum of lane counts)
+//     to shared memory, rank each exactly against the others (key, then
+//     position), and place the chosen ones in ascending position order with a
+//     64-word position bitmap;
 //  3. otherwise (ties, adversarial rows): exact bisection of the m-th largest
 //     key over the registers, then the lowest positions among equal keys.
 // The chosen positions are emitted in ascending order with ballot prefixes.
@@ -21,6 +27,7 @@
 // (key, id) slots to scratch and merge rounds run the same kernel on them.
 #include "cuda/topk_select/topk_select.h"
 
+#include <algorithm>
 #include <climits>
 
 namespace msa::cuda {
@@ -53,13 +60,27 @@ struct RoundArgs {
   bool causal;
 };
 
-// Order-preserving key of a score: larger score -> larger key; NaN -> 1 (below
-// -inf, whose key is 0x007fffff); -0 and +0 equal. Keys of numbers are >= 2.
-__device__ __forceinline__ uint32_t score_key(float x) {
-  uint32_t u = __float_as_uint(x);
-  if (u == 0x80000000u) u = 0u;
-  uint32_t key = u ^ (uint32_t(int32_t(u) >> 31) | 0x80000000u);
-  return (u & 0x7fffffffu) > 0x7f800000u ? 1u : key;
+// Order-preserving key of a number (no NaN): positives u | 2^31, negatives -u
+// (two's complement; -0 -> 2^31 like +0). -inf -> 0x00800000, +inf ->
+// 0xff800000; NaN would land outside [0x00800000, 0xff800000] (see key_is_nan).
+__device__ __forceinline__ uint32_t number_key(float x) {
+  const uint32_t u = __float_as_uint(x);
+  const uint32_t s = uint32_t(int32_t(u) >> 31);
+  return (u ^ (s | 0x80000000u)) - s;
+}
+// For a number_key of any bit pattern: true iff it came from a NaN.
+__device__ __forceinline__ bool key_is_nan(uint32_t k) {
+  return k > 0xff800000u || k < 0x00800000u;
+}
+// Key of a score: NaN -> 1 (below -inf), numbers as number_key (>= 0x00800000).
+[[maybe_unused]] __device__ __forceinline__ uint32_t score_key(float x) {
+  const uint32_t k = number_key(x);
+  return key_is_nan(k) ? 1u : k;
+}
+
+__device__ __forceinline__ int64_t div_s64(int64_t a, int64_t b) {  // a >= 0, b > 0
+  if (((uint64_t(a) | uint64_t(b)) >> 32) == 0) return int64_t(uint32_t(a) / uint32_t(b));
+  return a / b;
 }
 
 // Number of visible blocks of the row of query token t (same value in every
@@ -88,10 +109,35 @@ __device__ __forceinline__ int64_t row_nvis(const RoundArgs& a, int64_t t, int l
   const int64_t q_len = hi - lo, i = t - lo;
   const int64_t L = min(max(int64_t(a.kv_lens[b]), int64_t(0)), a.kv_cap);
   const int64_t bs = a.block_size;
-  int64_t nvis = L == 0 ? 0 : (L - 1) / bs + 1;  // ceil(L / bs), no overflow
+  int64_t nvis = L == 0 ? 0 : div_s64(L - 1, bs) + 1;  // ceil(L / bs), no overflow
   if (a.causal) {
     const int64_t pos = L - q_len + i;
-    nvis = pos < 0 ? 0 : min(nvis, pos / bs + 1);
+    nvis = pos < 0 ? 0 : min(nvis, div_s64(pos, bs) + 1);
+  }
+  return min(nvis, a.nb);
+}
+
+// row_nvis for batch < 32 from lane registers ind = q_indptr[lane] (lane <=
+// batch, else INT_MIN) and len = kv_lens[lane] (lane < batch): same result.
+__device__ __forceinline__ int64_t row_nvis_small(const RoundArgs& a, int64_t t, int lane, int ind,
+                                                  int len) {
+  const bool in = lane <= int(a.batch);
+  const unsigned gt = __ballot_sync(kFull, in && int64_t(ind) > t);
+  if (gt == 0u) return 0;
+  const int f = __ffs(gt) - 1;
+  const int pmax = __reduce_max_sync(kFull, (in && lane < f) ? ind : INT_MIN);
+  const int hi_v = __shfl_sync(kFull, ind, f);
+  const int len_b = __shfl_sync(kFull, len, max(f - 1, 0));
+  if (f <= 0) return 0;  // row before the first sequence
+  const int64_t lo = max(int64_t(pmax), int64_t(0));
+  const int64_t hi = min(int64_t(hi_v), a.tokens);
+  const int64_t q_len = hi - lo, i = t - lo;
+  const int64_t L = min(max(int64_t(len_b), int64_t(0)), a.kv_cap);
+  const int64_t bs = a.block_size;
+  int64_t nvis = L == 0 ? 0 : div_s64(L - 1, bs) + 1;
+  if (a.causal) {
+    const int64_t pos = L - q_len + i;
+    nvis = pos < 0 ? 0 : min(nvis, div_s64(pos, bs) + 1);
   }
   return min(nvis, a.nb);
 }
@@ -137,11 +183,19 @@ __device__ __forceinline__ int warp_count_ge(const uint32_t (&key)[V][4], uint32
   return int(__reduce_add_sync(kFull, unsigned(cnt)));
 }
 
+// Per-warp shared memory of the selection.
+struct WarpSmem {
+  uint2 cand[kCap];  // (key, position) of the compacted candidates
+  uint32_t bits[64];  // chosen positions (segments <= 2048)
+  int pre[64];        // chosen positions before word w
+};
+
 // Emits the m best elements (largest key, then lowest position) among the
-// keys != 0 in ascending position order. Requires 1 <= m <= E = #(keys != 0).
+// keys != 0: emit(index in ascending position order, position, key).
+// Requires 1 <= m <= E = #(keys != 0).
 template <int V, class Emit>
 __device__ __forceinline__ void select_top(const uint32_t (&key)[V][4], int m, int E, int lane,
-                                           uint32_t* s_key, int* s_pos, Emit emit) {
+                                           WarpSmem& sm, Emit emit) {
   if (m >= E) {
     emit_ordered<V>(key, lane, [](uint32_t k) { return k != 0u; }, emit);
     return;
@@ -184,34 +238,79 @@ __device__ __forceinline__ void select_top(const uint32_t (&key)[V][4], int m, i
     t = max(v, 1u);
   }
   // At least m keys are >= t (all >= 1, so eligible): the best m are among them.
-  const int C = warp_count_ge<V>(key, t);
+  int cnt = 0;
+#pragma unroll
+  for (int j = 0; j < V; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) cnt += key[j][e] >= t ? 1 : 0;
+  const int C = int(__reduce_add_sync(kFull, unsigned(cnt)));
   if (C <= kCap) {
-    // 2. Compact the candidates in position order and rank them exactly.
-    emit_ordered<V>(key, lane, [t](uint32_t k) { return k >= t; },
-                    [&](int idx, int pos, uint32_t k) {
-                      s_key[idx] = k;
-                      s_pos[idx] = pos;
-                    });
+    // 2. Compact the candidates (lane-major order), rank them exactly.
+    int incl = cnt;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(kFull, incl, o);
+      if (lane >= o) incl += v;
+    }
+    int off = incl - cnt;
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        if (key[j][c] >= t) {
+          sm.cand[off] = make_uint2(key[j][c], unsigned((j * 32 + lane) * 4 + c));
+          ++off;
+        }
+    sm.bits[lane] = 0u;
+    sm.bits[lane + 32] = 0u;
     __syncwarp();
     const int i0 = lane, i1 = lane + 32;
-    const uint32_t k0 = i0 < C ? s_key[i0] : 0u, k1 = i1 < C ? s_key[i1] : 0u;
+    const uint2 c0 = i0 < C ? sm.cand[i0] : make_uint2(0u, 0u);
+    const uint2 c1 = i1 < C ? sm.cand[i1] : make_uint2(0u, 0u);
     int r0 = 0, r1 = 0;
+    if (C <= 32) {
 #pragma unroll 4
-    for (int j = 0; j < C; ++j) {
-      const uint32_t kj = s_key[j];
-      r0 += (kj > k0 || (kj == k0 && j < i0)) ? 1 : 0;
-      r1 += (kj > k1 || (kj == k1 && j < i1)) ? 1 : 0;
+      for (int j = 0; j < C; ++j) {
+        const uint2 cj = sm.cand[j];
+        r0 += (cj.x > c0.x || (cj.x == c0.x && cj.y < c0.y)) ? 1 : 0;
+      }
+    } else {
+#pragma unroll 4
+      for (int j = 0; j < C; ++j) {
+        const uint2 cj = sm.cand[j];
+        r0 += (cj.x > c0.x || (cj.x == c0.x && cj.y < c0.y)) ? 1 : 0;
+        r1 += (cj.x > c1.x || (cj.x == c1.x && cj.y < c1.y)) ? 1 : 0;
+      }
     }
     const bool sel0 = i0 < C && r0 < m, sel1 = i1 < C && r1 < m;
-    const unsigned lt = (1u << lane) - 1u;
-    const unsigned b0 = __ballot_sync(kFull, sel0), b1 = __ballot_sync(kFull, sel1);
-    const int p0 = i0 < C ? s_pos[i0] : 0, p1 = i1 < C ? s_pos[i1] : 0;
-    if (sel0) emit(__popc(b0 & lt), p0, k0);
-    if (sel1) emit(__popc(b0) + __popc(b1 & lt), p1, k1);
+    // 3. Ascending position order: bitmap of the chosen positions.
+    if (sel0) atomicOr(&sm.bits[c0.y >> 5], 1u << (c0.y & 31u));
+    if (sel1) atomicOr(&sm.bits[c1.y >> 5], 1u << (c1.y & 31u));
+    __syncwarp();
+    const uint32_t w0 = sm.bits[2 * lane], w1 = sm.bits[2 * lane + 1];
+    const int n0 = __popc(w0);
+    const int nw = n0 + __popc(w1);
+    int winc = nw;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(kFull, winc, o);
+      if (lane >= o) winc += v;
+    }
+    sm.pre[2 * lane] = winc - nw;
+    sm.pre[2 * lane + 1] = winc - nw + n0;
+    __syncwarp();
+    if (sel0) {
+      const uint32_t w = c0.y >> 5;
+      emit(sm.pre[w] + __popc(sm.bits[w] & ((1u << (c0.y & 31u)) - 1u)), int(c0.y), c0.x);
+    }
+    if (sel1) {
+      const uint32_t w = c1.y >> 5;
+      emit(sm.pre[w] + __popc(sm.bits[w] & ((1u << (c1.y & 31u)) - 1u)), int(c1.y), c1.x);
+    }
     __syncwarp();
     return;
   }
-  // 3. Exact m-th largest key by bisection, then the lowest positions among
+  // 4. Exact m-th largest key by bisection, then the lowest positions among
   // the keys equal to it.
   uint32_t kth = 0u;
 #pragma unroll 1
@@ -260,121 +359,243 @@ __device__ __forceinline__ void select_top(const uint32_t (&key)[V][4], int m, i
   }
 }
 
-// SCORES: round 0 (input = scores, ids = positions); else a merge round
-// (input = candidate keys/ids). VEC: 16-byte loads of the scores.
-template <int V, bool SCORES, bool VEC>
-__global__ void __launch_bounds__(kWarps * 32) topk_round_kernel(const RoundArgs a) {
-  __shared__ uint32_t s_key[kWarps][kCap];
-  __shared__ int s_pos[kWarps][kCap];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t item = int64_t(blockIdx.x) * kWarps + warp;
-  if (item >= a.rows * a.splits) return;  // warp-uniform
-  const int64_t row = item / a.splits, sidx = item % a.splits;
-  const int64_t nvis = row_nvis(a, row / a.heads, lane);
-  const int K = int(a.k);
-  int32_t* out_row = a.final_out ? a.ids + row * a.k : nullptr;
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-  if (nvis <= a.k) {  // every visible block is chosen
-    if (a.final_out)
-      for (int x = lane; x < K; x += 32) out_row[x] = x < nvis ? x : -1;
-    return;
-  }
-  // nvis > K >= local + sink: forced sinks [0, sink) and locals [nvis-local, nvis),
-  // eligible [sink, nvis-local), M = K - sink - local slots.
+// Dynamic shared memory of the ASYNC kernels: 2 stages x kWarps x V*512 bytes.
+template <int V>
+constexpr int async_smem_bytes() { return 2 * kWarps * V * 512; }
+
+// SCORES: round 0 (input = scores, ids = positions); else a merge round
+// (input = candidate keys/ids). ASYNC: rows are 16-byte aligned (nb % 4 == 0,
+// aligned scores; always for merge rounds): segments are prefetched with
+// cp.async into shared memory one item ahead. Persistent: warp w of CTA b
+// takes items w + kWarps*b, then + kWarps*gridDim.x, ...
+template <int V, bool SCORES, bool ASYNC>
+__global__ void __launch_bounds__(kWarps * 32, V >= 16 ? 3 : (V >= 8 ? (SCORES ? 5 : 4) : 8)) topk_round_kernel(const RoundArgs a) {
+  __shared__ WarpSmem s_sel[kWarps];
+  extern __shared__ __align__(16) uint8_t s_dyn[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t total = a.rows * a.splits;
+  const int64_t stride = int64_t(gridDim.x) * kWarps;
+  int64_t item = int64_t(blockIdx.x) * kWarps + warp;
+  const int K = int(a.k);
   const int sink = int(a.sink), local = int(a.local);
   const int M = K - sink - local;
-  if (a.final_out) {
-    for (int x = lane; x < sink; x += 32) out_row[x] = x;
-    for (int x = lane; x < local; x += 32) out_row[K - local + x] = int(nvis - local + x);
-  }
-  if (M <= 0) return;
+  constexpr int kStageElems = V * 128;  // 4-byte elements per stage
+  uint32_t* stage_base = reinterpret_cast<uint32_t*>(s_dyn) + warp * 2 * kStageElems;
 
-  const int64_t p0 = sidx * a.seg;
-  const int n_seg = int(min(a.seg, a.n - p0));
-  uint32_t key[V][4];
-  int E;
-  if constexpr (SCORES) {
-    const int elo = int(min(max(int64_t(sink) - p0, int64_t(0)), int64_t(n_seg)));
-    const int ehi = int(min(max(nvis - local - p0, int64_t(0)), int64_t(n_seg)));
-    E = max(ehi - elo, 0);
-    const unsigned span = unsigned(E);
-    const float* src = a.scores + row * a.nb + p0;
+  // Item -> (row, segment index, first element, elements).
+  auto split_item = [&](int64_t it, int64_t& row, int64_t& sidx) {
+    row = div_s64(it, a.splits);
+    sidx = it - row * a.splits;
+  };
+  // Prefetch of item `it` into stage `st` (lane's own chunks j*32+lane).
+  auto prefetch = [&](int64_t it, int st) {
+    int64_t row, sidx;
+    split_item(it, row, sidx);
+    const int64_t p0 = sidx * a.seg;
+    const int n_seg = int(min(a.seg, a.n - p0));
+    const uint32_t* src;
+    if constexpr (SCORES) src = reinterpret_cast<const uint32_t*>(a.scores) + row * a.nb + p0;
+    else src = a.in_keys + row * a.in_stride + p0;
+    uint32_t* dst = stage_base + st * kStageElems;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const int q = j * 32 + lane;
-      float x[4];
-      if constexpr (VEC) {
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (q * 4 < n_seg) v = __ldcs(reinterpret_cast<const float4*>(src) + q);
-        x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w;
-      } else {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) x[c] = q * 4 + c < n_seg ? __ldg(src + q * 4 + c) : 0.f;
-      }
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        key[j][c] = unsigned(q * 4 + c - elo) < span ? score_key(x[c]) : 0u;
-    }
-  } else {
-    const uint32_t* src = a.in_keys + row * a.in_stride + p0;
-    int cnt = 0;
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const int q = j * 32 + lane;
-      uint4 v = make_uint4(0u, 0u, 0u, 0u);
-      if (q * 4 < n_seg) v = __ldcs(reinterpret_cast<const uint4*>(src) + q);
-      key[j][0] = q * 4 + 0 < n_seg ? v.x : 0u;
-      key[j][1] = q * 4 + 1 < n_seg ? v.y : 0u;
-      key[j][2] = q * 4 + 2 < n_seg ? v.z : 0u;
-      key[j][3] = q * 4 + 3 < n_seg ? v.w : 0u;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) cnt += key[j][c] != 0u ? 1 : 0;
-    }
-    E = int(__reduce_add_sync(kFull, unsigned(cnt)));
-  }
-  const int m = min(M, E);
-
-  const int64_t out_base = row * a.out_stride + sidx * a.k;
-  auto emit = [&](int idx, int pos, uint32_t k) {
-    int32_t id;
-    if constexpr (SCORES) id = int32_t(p0 + pos);
-    else id = a.in_ids[row * a.in_stride + p0 + pos];
-    if (a.final_out) {
-      out_row[sink + idx] = id;
-    } else {
-      a.out_keys[out_base + idx] = k;
-      a.out_ids[out_base + idx] = id;
+      const bool ok = q * 4 < n_seg;
+      cp_async16(dst + q * 4, ok ? src + q * 4 : src, ok);
     }
   };
-  if (m > 0) select_top<V>(key, m, E, lane, s_key[warp], s_pos[warp], emit);
+  if constexpr (ASYNC) {
+    if (item < total) prefetch(item, 0);
+    cp_async_commit();
+  }
+  // Few sequences (the usual case): their metadata stays in lane registers.
+  const bool small_batch = a.batch < 32;
+  int ind = INT_MIN, len = 0;
+  if (small_batch) {
+    if (lane <= int(a.batch)) ind = a.q_indptr[lane];
+    if (lane < int(a.batch)) len = a.kv_lens[lane];
+  }
 
-  // Slots not filled: -1 ids (final: never happens, E >= M there) and empty
-  // candidates (key 0) otherwise.
-  if (a.final_out) {
-    for (int x = m + lane; x < M; x += 32) out_row[sink + x] = -1;
-  } else {
-    for (int x = m + lane; x < K; x += 32) {
-      a.out_keys[out_base + x] = 0u;
-      a.out_ids[out_base + x] = -1;
+#pragma unroll 1
+  for (int iter = 0; item < total; ++iter, item += stride) {
+    if constexpr (ASYNC) {
+      if (item + stride < total) prefetch(item + stride, (iter + 1) & 1);
+      cp_async_commit();
+      // This item's chunks (the lane's own copies) landed; waiting here, also
+      // for items skipped below, keeps at most one copy per stage in flight.
+      cp_async_wait<1>();
+    }
+    int64_t row, sidx;
+    split_item(item, row, sidx);
+    const int64_t t_row = div_s64(row, a.heads);
+    const int64_t nvis = small_batch ? row_nvis_small(a, t_row, lane, ind, len) : row_nvis(a, t_row, lane);
+    int32_t* out_row = a.final_out ? a.ids + row * a.k : nullptr;
+
+    if (nvis <= a.k) {  // every visible block is chosen
+      if (a.final_out)
+        for (int x = lane; x < K; x += 32) out_row[x] = x < nvis ? x : -1;
+      continue;
+    }
+    // nvis > K >= local + sink: forced sinks [0, sink) and locals [nvis-local, nvis),
+    // eligible [sink, nvis-local), M = K - sink - local slots.
+    if (a.final_out) {
+      for (int x = lane; x < sink; x += 32) out_row[x] = x;
+      for (int x = lane; x < local; x += 32) out_row[K - local + x] = int(nvis - local + x);
+    }
+    if (M <= 0) continue;
+
+    const int64_t p0 = sidx * a.seg;
+    const int n_seg = int(min(a.seg, a.n - p0));
+    uint32_t key[V][4];
+    int E;
+    const uint32_t* stage = stage_base + (iter & 1) * kStageElems;
+    if constexpr (SCORES) {
+      const int elo = int(min(max(int64_t(sink) - p0, int64_t(0)), int64_t(n_seg)));
+      const int ehi = int(min(max(nvis - local - p0, int64_t(0)), int64_t(n_seg)));
+      E = max(ehi - elo, 0);
+      const unsigned span = unsigned(E);
+      const float* src = a.scores + row * a.nb + p0;
+      uint32_t rmin = 0xffffffffu, rmax = 0u;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const int q = j * 32 + lane;
+        float x[4];
+        if constexpr (ASYNC) {
+          const uint4 v = *reinterpret_cast<const uint4*>(stage + q * 4);
+          x[0] = __uint_as_float(v.x); x[1] = __uint_as_float(v.y);
+          x[2] = __uint_as_float(v.z); x[3] = __uint_as_float(v.w);
+        } else {
+#pragma unroll
+          for (int c = 0; c < 4; ++c) x[c] = q * 4 + c < n_seg ? __ldg(src + q * 4 + c) : 0.f;
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          key[j][c] = number_key(x[c]);
+          rmin = min(rmin, key[j][c]);
+          rmax = max(rmax, key[j][c]);
+        }
+        // Mask only the 128-element chunks that straddle [elo, ehi) (warp-uniform).
+        if (!(j * 128 >= elo && j * 128 + 128 <= ehi)) {
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            if (unsigned(q * 4 + c - elo) >= span) key[j][c] = 0u;
+        }
+      }
+      // NaN anywhere in the segment (rare): exact keys (NaN -> 1) for it.
+      if (__any_sync(kFull, rmax > 0xff800000u || rmin < 0x00800000u)) {
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            if (key[j][c] != 0u && key_is_nan(key[j][c])) key[j][c] = 1u;
+      }
+    } else {
+      const uint32_t* src = a.in_keys + row * a.in_stride + p0;
+      int cnt = 0;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const int q = j * 32 + lane;
+        uint4 v;
+        if constexpr (ASYNC) {
+          v = *reinterpret_cast<const uint4*>(stage + q * 4);
+        } else {
+          v = make_uint4(0u, 0u, 0u, 0u);
+          if (q * 4 < n_seg) v = __ldcs(reinterpret_cast<const uint4*>(src) + q);
+        }
+        key[j][0] = q * 4 + 0 < n_seg ? v.x : 0u;
+        key[j][1] = q * 4 + 1 < n_seg ? v.y : 0u;
+        key[j][2] = q * 4 + 2 < n_seg ? v.z : 0u;
+        key[j][3] = q * 4 + 3 < n_seg ? v.w : 0u;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) cnt += key[j][c] != 0u ? 1 : 0;
+      }
+      E = int(__reduce_add_sync(kFull, unsigned(cnt)));
+    }
+    const int m = min(M, E);
+
+    const int64_t out_base = row * a.out_stride + sidx * a.k;
+    auto emit = [&](int idx, int pos, uint32_t k) {
+      int32_t id;
+      if constexpr (SCORES) id = int32_t(p0 + pos);
+      else id = a.in_ids[row * a.in_stride + p0 + pos];
+      if (a.final_out) {
+        out_row[sink + idx] = id;
+      } else {
+        a.out_keys[out_base + idx] = k;
+        a.out_ids[out_base + idx] = id;
+      }
+    };
+    if (m > 0) select_top<V>(key, m, E, lane, s_sel[warp], emit);
+
+    // Slots not filled: -1 ids (final: never happens, E >= M there) and empty
+    // candidates (key 0) otherwise.
+    if (a.final_out) {
+      for (int x = m + lane; x < M; x += 32) out_row[sink + x] = -1;
+    } else {
+      for (int x = m + lane; x < K; x += 32) {
+        a.out_keys[out_base + x] = 0u;
+        a.out_ids[out_base + x] = -1;
+      }
     }
   }
+  if constexpr (ASYNC) cp_async_wait<0>();  // no copy in flight at exit
 }
 
-template <bool SCORES, bool VEC>
-cudaError_t launch_round(int v, const RoundArgs& a, cudaStream_t stream) {
+int device_sms() {
+  static int cached = 0;
+  if (cached == 0) {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && n > 0)
+      cached = n;
+    else
+      return 132;
+  }
+  return cached;
+}
+
+// Launch of one instance: a persistent grid of at most (resident CTAs per SM)
+// x SMs, from the occupancy calculator (shapes and device only).
+template <int V, bool SCORES, bool ASYNC>
+cudaError_t launch_instance(const RoundArgs& a, cudaStream_t stream) {
+  auto kernel = topk_round_kernel<V, SCORES, ASYNC>;
+  const int smem = ASYNC ? async_smem_bytes<V>() : 0;
+  static int per_sm = 0;  // per instance
+  if (per_sm == 0) {
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    int n = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kWarps * 32, smem);
+    if (err != cudaSuccess) return err;
+    per_sm = n > 0 ? n : 1;
+  }
   const int64_t items = a.rows * a.splits;
-  const int64_t blocks = (items + kWarps - 1) / kWarps;
-  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  int64_t blocks = (items + kWarps - 1) / kWarps;
+  blocks = std::min<int64_t>(blocks, int64_t(per_sm) * device_sms());
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
+  kernel<<<grid, block, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <bool SCORES, bool ASYNC>
+cudaError_t launch_round(int v, const RoundArgs& a, cudaStream_t stream) {
   switch (v) {
-    case 1: topk_round_kernel<1, SCORES, VEC><<<grid, block, 0, stream>>>(a); break;
-    case 2: topk_round_kernel<2, SCORES, VEC><<<grid, block, 0, stream>>>(a); break;
-    case 4: topk_round_kernel<4, SCORES, VEC><<<grid, block, 0, stream>>>(a); break;
-    case 8: topk_round_kernel<8, SCORES, VEC><<<grid, block, 0, stream>>>(a); break;
-    case 16: topk_round_kernel<16, SCORES, VEC><<<grid, block, 0, stream>>>(a); break;
+    case 1: return launch_instance<1, SCORES, ASYNC>(a, stream);
+    case 2: return launch_instance<2, SCORES, ASYNC>(a, stream);
+    case 4: return launch_instance<4, SCORES, ASYNC>(a, stream);
+    case 8: return launch_instance<8, SCORES, ASYNC>(a, stream);
+    case 16: return launch_instance<16, SCORES, ASYNC>(a, stream);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace

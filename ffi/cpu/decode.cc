@@ -15,8 +15,9 @@ namespace {
 ffi::Error DecodeCpuImpl(ffi::AnyBuffer q, ffi::AnyBuffer k_cache, ffi::AnyBuffer v_cache,
                          ffi::Buffer<ffi::S32> page_table, ffi::Buffer<ffi::S32> kv_lens,
                          ffi::Buffer<ffi::S32> block_ids, float scale, float k_scale, float v_scale,
-                         bool sparse, ffi::Result<ffi::AnyBuffer> o,
-                         ffi::Result<ffi::AnyBuffer> lse) {
+                         bool sparse, int64_t /*num_splits: GPU schedule*/,
+                         ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::AnyBuffer> lse,
+                         ffi::Result<ffi::AnyBuffer> /*scratch: GPU split partials*/) {
   constexpr const char* op = "msa_decode";
   msa::AttnArgs a;
   MSA_RETURN_IF_ERROR(msa::check_attn_inputs(op, "q", q, "k_cache", k_cache, "v_cache", &v_cache,
@@ -79,5 +80,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsaDecodeCpu, DecodeCpuImpl,
                                   .Attr<float>("k_scale")
                                   .Attr<float>("v_scale")
                                   .Attr<bool>("sparse")
+                                  .Attr<int64_t>("num_splits")  // GPU schedule, unused here
                                   .Ret<ffi::AnyBuffer>()    // o
-                                  .Ret<ffi::AnyBuffer>());  // lse
+                                  .Ret<ffi::AnyBuffer>()    // lse
+                                  .Ret<ffi::AnyBuffer>());  // scratch, unused here

@@ -14,7 +14,9 @@ ffi::Error SparsePrefillCpuImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuff
                                 ffi::Buffer<ffi::S32> kv_indptr, ffi::Buffer<ffi::S32> kv_lens,
                                 ffi::Buffer<ffi::S32> page_table, float scale, float k_scale,
                                 float v_scale, bool causal, bool paged, int64_t block_size,
-                                ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::AnyBuffer> lse) {
+                                int64_t /*q_chunk: GPU pass schedule*/,
+                                ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::AnyBuffer> lse,
+                                ffi::Result<ffi::AnyBuffer> /*scratch: GPU passes*/) {
   constexpr const char* op = "msa_sparse_prefill";
   msa::AttnArgs a;
   MSA_RETURN_IF_ERROR(msa::check_attn_inputs(op, "q", q, "k", k, "v", &v, paged, false, &q_indptr,
@@ -71,5 +73,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsaSparsePrefillCpu, SparsePrefillCpuImpl,
                                   .Attr<bool>("causal")
                                   .Attr<bool>("paged")
                                   .Attr<int64_t>("block_size")
+                                  .Attr<int64_t>("q_chunk")  // GPU pass schedule, unused here
                                   .Ret<ffi::AnyBuffer>()    // o
-                                  .Ret<ffi::AnyBuffer>());  // lse
+                                  .Ret<ffi::AnyBuffer>()    // lse
+                                  .Ret<ffi::AnyBuffer>());  // scratch, unused here

@@ -18,8 +18,6 @@ ffi::Error no_kernel(const char* op) {
 }
 
 ffi::Error AttentionNoKernel(ffi::RemainingArgs, ffi::RemainingRets, ffi::Dictionary) { return no_kernel("msa_attention"); }
-ffi::Error SparsePrefillNoKernel(ffi::RemainingArgs, ffi::RemainingRets, ffi::Dictionary) { return no_kernel("msa_sparse_prefill"); }
-ffi::Error DecodeNoKernel(ffi::RemainingArgs, ffi::RemainingRets, ffi::Dictionary) { return no_kernel("msa_decode"); }
 
 }  // namespace
 
@@ -27,5 +25,3 @@ ffi::Error DecodeNoKernel(ffi::RemainingArgs, ffi::RemainingRets, ffi::Dictionar
   XLA_FFI_DEFINE_HANDLER_SYMBOL(sym, fn, ffi::Ffi::Bind().RemainingArgs().RemainingRets().Attrs<ffi::Dictionary>())
 
 MSA_NO_KERNEL(MsaAttentionCuda, AttentionNoKernel);
-MSA_NO_KERNEL(MsaSparsePrefillCuda, SparsePrefillNoKernel);
-MSA_NO_KERNEL(MsaDecodeCuda, DecodeNoKernel);

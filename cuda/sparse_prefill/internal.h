@@ -1,0 +1,53 @@
+// Pieces shared by the sparse-prefill translation units (CSR build, main
+// kernel, combine): the per-pass view of the scratch buffer and the launch
+// functions each .cu file provides.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/sparse_prefill/sparse_prefill.h"
+
+namespace msa::cuda::sparse_prefill {
+
+// One work item of the main kernel: a chunk of one list.
+struct alignas(16) WorkItem {
+  int32_t g;        // KV head
+  int32_t b;        // sequence
+  int32_t c;        // block inside the sequence
+  int32_t e_begin;  // first entry (into entries)
+  int32_t e_count;  // entries (query rows) of the chunk, 1..P
+  int32_t pad[3];
+};
+static_assert(sizeof(WorkItem) == 32, "work item is 32 bytes");
+
+// Device pointers of one call / pass.
+struct PassView {
+  // Per call (setup kernel).
+  int32_t* qe;    // [B+1] clamped monotone query indptr
+  int32_t* kvb;   // [B] dense KV row base (0 when paged)
+  int32_t* len;   // [B] clipped kv length
+  int32_t* boff;  // [B+1] global block offsets (clipped to total_blocks)
+  // Per pass.
+  int32_t* counts;    // [N]
+  int32_t* offsets;   // [N+1]
+  uint32_t* bitmap;   // [N, W]
+  int32_t* entries;   // [E]
+  int32_t* num_work;  // [1]
+  WorkItem* work;     // [WI]
+  float* part_lse;    // [Tc, Hq, K]
+  void* part_o;       // [Tc, Hq, K, D]
+  int64_t n_lists, words, work_items, rows_per_item;
+  int64_t t0, tc;  // this pass: rows [t0, t0 + tc)
+};
+
+int num_sms();
+
+cudaError_t launch_setup(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
+// memset + mark + scan + fill of one pass.
+cudaError_t launch_csr(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
+cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
+cudaError_t launch_combine(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
+
+}  // namespace msa::cuda::sparse_prefill

@@ -1,0 +1,52 @@
+// Instances and launch of the sparse-prefill main kernel ({bf16, fp16} q x
+// {same dtype, fp8 e4m3} K/V x head_dim {64, 128}); grid from shapes only.
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/sparse_prefill/main_kernel.cuh"
+
+namespace msa::cuda::sparse_prefill {
+
+namespace {
+
+template <class Tr>
+cudaError_t launch(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+  MainArgs a{};
+  a.p = p;
+  a.v = v;
+  a.scale_log2 = p.scale * p.k_scale * 1.4426950408889634f;
+  a.out_scale = p.v_scale;
+  if (v.work_items == 0) return cudaSuccess;
+  auto kernel = main_kernel<Tr>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  // Grid-stride over the device-side work list (its length is read by the
+  // kernel): an upper bound from shapes, capped at 16 CTAs per SM.
+  const int64_t grid = std::min<int64_t>(v.work_items, int64_t(num_sms()) * 16);
+  kernel<<<unsigned(grid), Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <class Elem, bool kFp8>
+cudaError_t launch_d(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 64: return launch<Traits<Elem, kFp8, 64>>(p, v, stream);
+    case 128: return launch<Traits<Elem, kFp8, 128>>(p, v, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <class Elem>
+cudaError_t launch_kv(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+  if (p.kv_type == ElemType::kFP8E4M3) return launch_d<Elem, true>(p, v, stream);
+  return launch_d<Elem, false>(p, v, stream);
+}
+
+}  // namespace
+
+cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+  if (p.q_type == ElemType::kBF16) return launch_kv<cute::bfloat16_t>(p, v, stream);
+  return launch_kv<cute::half_t>(p, v, stream);
+}
+
+}  // namespace msa::cuda::sparse_prefill

@@ -1,0 +1,167 @@
+// Launcher of msa_sparse_prefill on the GPU (docs/ffi-contract.md): MSA's
+// main branch, KV-outer. Independent of the XLA headers.
+//
+// The query rows are processed in passes of `q_chunk` rows; each pass runs a
+// fixed sequence of launches over one scratch buffer (no host sync, no
+// allocation, grids from shapes only: CUDA-graph safe):
+//
+//   setup (once per call, 1 CTA): per sequence the clamped query range
+//       qe[b], qe[b+1] (running max of q_indptr, clipped to [0, T]), the dense
+//       KV row base, the clipped kv length L and the global block offset
+//       boff[b] (exclusive scan of ceil(L/bs), clipped to total_blocks).
+//   per pass (rows [t0, t0 + Tc)):
+//   1 memset   bitmaps and counts of the reverse CSR.
+//   2 mark     a thread per (row, kv head): the distinct valid ids of
+//              block_ids[t, g, :] (first slot wins; -1 / out of range /
+//              repeats / blocks past the causal position skipped) set bit
+//              t_local of bitmap[list] (list = g * total_blocks + boff[b] + c)
+//              and count[list] += 1; skipped slots get partial lse = -inf.
+//   3 scan     1 CTA: entry offsets of the lists, and the work list: each
+//              list is cut into chunks of at most P = 128 / G query rows,
+//              one work item per chunk (g, b, c, entry range).
+//   4 fill     a warp per list: walks the bitmap in order -> entries
+//              (t_local * K + slot), sorted by query row (deterministic).
+//   5 main     a CTA per work item (grid-stride): K/V block (block_size
+//              tokens) -> shared memory once; the P query rows x G heads of
+//              the chunk gathered into the 128 MMA rows; S = Q K^T, causal
+//              mask, softmax within the block, O = P V (mma.sync); writes
+//              the locally normalised partial O [Tc, Hq, K, D] (q dtype) and
+//              its LSE [Tc, Hq, K] (f32, natural log).
+//   6 combine  a warp per (row, head): LSE-weighted sum of the K partials in
+//              slot order -> o, lse.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/common/elem_type.h"
+
+namespace msa::cuda {
+
+constexpr int kSparsePrefillRows = 128;  // MMA M rows per CTA: P query rows x G heads
+constexpr int64_t kSparsePrefillOBudget = int64_t(1) << 30;  // partial-O bytes per pass
+
+struct SparsePrefillParams {
+  const void* q;  // [T, Hq, D], kBF16 or kF16
+  ElemType q_type;
+  const void* k;  // dense [Tk, Hkv, D] or paged [num_pages, Hkv, page_size, D]
+  const void* v;  // same shape as k
+  ElemType kv_type;  // q_type or kFP8E4M3 (k and v share it)
+  const int32_t* block_ids;   // [T, Hkv, K]
+  const int32_t* q_indptr;    // [B + 1]
+  const int32_t* kv_indptr;   // [B + 1] (dense)
+  const int32_t* kv_lens;     // [B]
+  const int32_t* page_table;  // [B, max_pages] (paged)
+  void* o;                    // [T, Hq, D], q_type
+  float* lse;                 // [T, Hq]
+  void* scratch;              // >= sparse_prefill_scratch_bytes(...) bytes, 16-byte aligned
+  int64_t scratch_bytes;
+  int64_t tokens, q_heads, kv_heads, head_dim, topk, batch;
+  int64_t dense_rows;                      // Tk (dense)
+  int64_t num_pages, page_size, max_pages;  // paged
+  int64_t block_size;                      // 64 or 128 (== page_size when paged)
+  int64_t total_blocks;                    // sparse_prefill_total_blocks(...)
+  int64_t q_chunk;                         // query rows per pass (attribute)
+  float scale, k_scale, v_scale;
+  bool causal, paged;
+};
+
+namespace sp_detail {
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t align256(int64_t a) { return cdiv(a, 256) * 256; }
+}  // namespace sp_detail
+
+// Global block slots of the reverse CSR (per KV head): an upper bound of
+// sum_b ceil(L_b / block_size) from shapes. Dense: ceil(Tk / bs) + B (the
+// sequences' KV ranges are disjoint slices of the Tk rows); paged: B * max_pages.
+// Python mirror:
+//   def total_blocks(paged, B, bs, Tk=0, max_pages=0):
+//     return B * max_pages if paged else -(-Tk // bs) + B
+inline int64_t sparse_prefill_total_blocks(bool paged, int64_t batch, int64_t block_size,
+                                           int64_t dense_rows, int64_t max_pages) {
+  return paged ? batch * max_pages : sp_detail::cdiv(dense_rows, block_size) + batch;
+}
+
+// Query rows per pass: the partial O of one pass ([Tc, Hq, K, D], 2 bytes)
+// plus its LSE stays within 1 GiB; a multiple of 32, at least 32, at most T
+// (at least 1).
+// Python mirror:
+//   def q_chunk(T, Hq, D, K):
+//     per_q = Hq * K * (D * 2 + 4)
+//     c = max(32, (2**30 // per_q) // 32 * 32)
+//     return max(1, min(T, c))
+inline int64_t sparse_prefill_q_chunk(int64_t T, int64_t Hq, int64_t D, int64_t K) {
+  const int64_t per_q = std::max<int64_t>(1, Hq * K * (D * 2 + 4));
+  const int64_t c = std::max<int64_t>(32, kSparsePrefillOBudget / per_q / 32 * 32);
+  return std::max<int64_t>(1, std::min(T, c));
+}
+
+// Scratch layout of one call (byte offsets, each region 256-byte aligned).
+// Tc = min(q_chunk, T), N = Hkv * total_blocks lists, W = ceil(Tc / 32)
+// bitmap words per list, E = Tc * Hkv * K entries, P = 128 / G rows per work
+// item, WI = ceil(E / P) + min(N, E) work items (32 bytes each).
+struct SparsePrefillScratch {
+  int64_t seq = 0;      // int32 qe[B+1], kvb[B], len[B], boff[B+1]
+  int64_t counts = 0;   // int32 [N]
+  int64_t offsets = 0;  // int32 [N + 1]
+  int64_t bitmap = 0;   // uint32 [N, W]
+  int64_t entries = 0;  // int32 [E]
+  int64_t work = 0;     // int32 num_work, then 32-byte items [WI] at +256
+  int64_t part_lse = 0;  // f32 [Tc, Hq, K]
+  int64_t part_o = 0;    // q dtype [Tc, Hq, K, D]
+  int64_t total = 0;
+  int64_t tc = 0, n_lists = 0, words = 0, n_entries = 0, rows_per_item = 0, work_items = 0;
+};
+
+inline SparsePrefillScratch sparse_prefill_scratch_layout(int64_t T, int64_t Hq, int64_t Hkv, int64_t D,
+                                                         int64_t K, int64_t total_blocks, int64_t q_chunk,
+                                                         int64_t B) {
+  using namespace sp_detail;
+  SparsePrefillScratch s;
+  if (T < 0 || Hq < 1 || Hkv < 1 || Hq % Hkv != 0 || D < 1 || K < 1 || total_blocks < 0 || q_chunk < 1 ||
+      B < 0) {
+    s.total = -1;
+    return s;
+  }
+  const int64_t G = Hq / Hkv;
+  s.tc = std::min(q_chunk, std::max<int64_t>(T, 1));
+  s.n_lists = Hkv * total_blocks;
+  s.words = cdiv(s.tc, 32);
+  s.n_entries = s.tc * Hkv * K;
+  s.rows_per_item = std::max<int64_t>(1, kSparsePrefillRows / G);
+  s.work_items = cdiv(s.n_entries, s.rows_per_item) + std::min(s.n_lists, s.n_entries);
+  int64_t off = 0;
+  s.seq = off;       off += align256(4 * (4 * B + 2));
+  s.counts = off;    off += align256(4 * s.n_lists);
+  s.offsets = off;   off += align256(4 * (s.n_lists + 1));
+  s.bitmap = off;    off += align256(4 * s.n_lists * s.words);
+  s.entries = off;   off += align256(4 * s.n_entries);
+  s.work = off;      off += 256 + align256(32 * s.work_items);
+  s.part_lse = off;  off += align256(4 * s.tc * Hq * K);
+  s.part_o = off;    off += align256(2 * s.tc * Hq * K * D);
+  s.total = off;
+  return s;
+}
+
+// Bytes of the `scratch` output (-1: invalid arguments).
+// Python mirror (a256 = lambda x: -(-x // 256) * 256):
+//   def scratch_bytes(T, Hq, Hkv, D, K, total_blocks, q_chunk, B):
+//     tc = min(q_chunk, max(T, 1)); N = Hkv * total_blocks; W = -(-tc // 32)
+//     E = tc * Hkv * K; P = max(1, 128 // (Hq // Hkv)); WI = -(-E // P) + min(N, E)
+//     return (a256(4 * (4 * B + 2)) + a256(4 * N) + a256(4 * (N + 1)) + a256(4 * N * W)
+//             + a256(4 * E) + 256 + a256(32 * WI) + a256(4 * tc * Hq * K)
+//             + a256(2 * tc * Hq * K * D))
+inline int64_t sparse_prefill_scratch_bytes(int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t K,
+                                            int64_t total_blocks, int64_t q_chunk, int64_t B) {
+  return sparse_prefill_scratch_layout(T, Hq, Hkv, D, K, total_blocks, q_chunk, B).total;
+}
+
+// Whether the kernels support this configuration (q bf16/fp16, K/V q's
+// dtype or fp8 e4m3, head_dim 64 / 128, block_size 64 / 128, G = Hq/Hkv <= 128).
+bool sparse_prefill_supported(const SparsePrefillParams& p);
+
+cudaError_t launch_sparse_prefill(const SparsePrefillParams& p, cudaStream_t stream);
+
+}  // namespace msa::cuda

@@ -1,0 +1,307 @@
+"""msa_sparse_prefill on the GPU (KV-outer CUDA kernels) against the reference.
+
+Most tests call the custom call directly (``_direct``: the wrapper's argument
+building, mirrored here with an explicit ``q_chunk``) so several passes can be
+forced with small shapes; ``test_wrapper_*`` and ``test_end_to_end`` go through
+the public API. Outputs: o to 1e-2 relative by norm, lse likewise, the -inf
+pattern of lse exactly (rows with no visible selected key: o = 0, lse = -inf).
+"""
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+import msa_jax  # noqa: E402
+from msa_jax import reference  # noqa: E402
+
+from msa_cases import prefill_case, quantize_fp8, random_block_ids  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+TOL = 1e-2
+
+
+# ----------------------------------------------------------------- mirrors of cuda/sparse_prefill/sparse_prefill.h
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _a256(x):
+    return _cdiv(x, 256) * 256
+
+
+def total_blocks(paged, B, bs, Tk=0, max_pages=0):
+    return B * max_pages if paged else _cdiv(Tk, bs) + B
+
+
+def q_chunk_rule(T, Hq, D, K):
+    per_q = Hq * K * (D * 2 + 4)
+    c = max(32, (2 ** 30 // per_q) // 32 * 32)
+    return max(1, min(T, c))
+
+
+def scratch_bytes(T, Hq, Hkv, D, K, nblocks, q_chunk, B):
+    tc = min(q_chunk, max(T, 1))
+    N = Hkv * nblocks
+    W = _cdiv(tc, 32)
+    E = tc * Hkv * K
+    P = max(1, 128 // (Hq // Hkv))
+    WI = _cdiv(E, P) + min(N, E)
+    return (_a256(4 * (4 * B + 2)) + _a256(4 * N) + _a256(4 * (N + 1)) + _a256(4 * N * W) + _a256(4 * E)
+            + 256 + _a256(32 * WI) + _a256(4 * tc * Hq * K) + _a256(2 * tc * Hq * K * D))
+
+
+def _direct(q, k, v, ids, plan, *, page_table=None, scale=None, k_scale=1.0, v_scale=1.0, q_chunk=None):
+    """The msa_sparse_prefill custom call with an explicit q_chunk (GPU handler binding)."""
+    T, Hq, D = q.shape
+    Hkv, K = ids.shape[1], ids.shape[2]
+    B = plan.batch_size
+    if plan.paged:
+        nb = total_blocks(True, B, plan.block_size, max_pages=page_table.shape[1])
+        pt = page_table
+    else:
+        nb = total_blocks(False, B, plan.block_size, Tk=k.shape[0])
+        pt = jnp.zeros((B, 1), jnp.int32)
+    qc = q_chunk_rule(T, Hq, D, K) if q_chunk is None else q_chunk
+    nbytes = scratch_bytes(T, Hq, Hkv, D, K, nb, qc, B)
+    call = jax.ffi.ffi_call(
+        "msa_sparse_prefill",
+        (jax.ShapeDtypeStruct((T, Hq, D), q.dtype), jax.ShapeDtypeStruct((T, Hq), jnp.float32),
+         jax.ShapeDtypeStruct((nbytes,), jnp.uint8)))
+    q_indptr = jnp.asarray(plan.q_indptr(), jnp.int32)
+    kv_indptr = jnp.asarray(plan.kv_indptr(), jnp.int32) if not plan.paged else jnp.zeros(B + 1, jnp.int32)
+    kv_lens = jnp.asarray(plan.kv_lens_array(), jnp.int32)
+    o, lse, _ = call(q, k, v, ids, q_indptr, kv_indptr, kv_lens, pt,
+                     scale=np.float32(1.0 / np.sqrt(D) if scale is None else scale),
+                     k_scale=np.float32(k_scale), v_scale=np.float32(v_scale), causal=bool(plan.causal),
+                     paged=bool(plan.paged), block_size=np.int64(plan.block_size), q_chunk=np.int64(qc))
+    return o, lse
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _gpu():
+    return jax.devices("gpu")[0]
+
+
+def _cpu():
+    return jax.devices("cpu")[0]
+
+
+def _put(x, dev):
+    return None if x is None else jax.device_put(x, dev)
+
+
+def _reference(case_or_args, ids, **kw):
+    q, k, v, plan, pt = case_or_args
+    cpu = _cpu()
+    with jax.default_device(cpu):
+        o, lse = reference.sparse_prefill(_put(q, cpu), _put(k, cpu), _put(v, cpu), _put(ids, cpu), plan,
+                                          page_table=_put(pt, cpu), return_lse=True, **kw)
+    return np.asarray(o.astype(jnp.float32)), np.asarray(lse)
+
+
+def _check(got_o, got_lse, want_o, want_lse, tol=TOL):
+    got_o = np.asarray(jnp.asarray(got_o, jnp.float32))
+    got_lse = np.asarray(got_lse)
+    assert got_o.shape == want_o.shape and got_lse.shape == want_lse.shape
+    assert not np.isnan(got_o).any(), "NaN in o"
+    assert not np.isnan(got_lse).any(), "NaN in lse"
+    np.testing.assert_array_equal(np.isneginf(got_lse), np.isneginf(want_lse), err_msg="-inf pattern of lse")
+    dead = np.isneginf(want_lse)
+    assert np.all(got_o[dead] == 0.0), "rows that see nothing must have o = 0"
+    fin = np.isfinite(want_lse)
+    if fin.any():
+        e = np.linalg.norm(got_lse[fin] - want_lse[fin]) / max(np.linalg.norm(want_lse[fin]), 1e-30)
+        assert e <= tol, f"lse relative error {e:.3e}"
+    den = max(np.linalg.norm(want_o), 1e-30)
+    e = np.linalg.norm(got_o - want_o) / den
+    assert e <= tol, f"o relative error {e:.3e}"
+
+
+def _run(q, k, v, ids, plan, pt=None, *, q_chunk=None, **kw):
+    gpu = _gpu()
+    with jax.default_device(gpu):
+        o, lse = _direct(_put(q, gpu), _put(k, gpu), _put(v, gpu), _put(ids, gpu), plan,
+                         page_table=_put(pt, gpu), q_chunk=q_chunk, **kw)
+        o, lse = jax.block_until_ready((o, lse))
+    return np.asarray(o.astype(jnp.float32)), np.asarray(lse)
+
+
+# ----------------------------------------------------------------- tests
+
+SHAPES = [
+    # qo_lens, kv_lens: several sequences, lengths not multiples of 128, chunked prefill.
+    ([300, 77, 1], [300, 500, 129]),
+    ([513, 200], [1000, 200]),
+]
+
+
+@pytest.mark.parametrize("group", [1, 4, 16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_random_ids(group, d, dtype, paged, shape):
+    qo, kv = SHAPES[shape]
+    hkv = 2
+    c = prefill_case(qo, kv, hq=hkv * group, hkv=hkv, d=d, dtype=dtype, paged=paged, seed=shape + 7 * group + d)
+    ids = random_block_ids(np.random.default_rng(d + group), c.plan, 6)   # -1, out of range, repeats
+    got = _run(c.q, c.k, c.v, ids, c.plan, c.page_table)
+    want = _reference((c.q, c.k, c.v, c.plan, c.page_table), ids)
+    _check(*got, *want)
+
+
+@pytest.mark.parametrize("group", [1, 16])
+def test_hot_blocks(group):
+    """Block 0 (sink) and the query's own block selected by every row: long lists, many chunks."""
+    qo, kv = [700, 300], [900, 300]
+    c = prefill_case(qo, kv, hq=4 * group, hkv=4, d=128, seed=3)
+    plan = c.plan
+    T = plan.total_q
+    rng = np.random.default_rng(5)
+    ids = np.array(random_block_ids(rng, plan, 8, invalid=False))
+    rows = np.concatenate([np.arange(n) for n in qo])
+    seq = np.repeat(np.arange(len(qo)), qo)
+    pos = np.asarray(kv)[seq] - np.asarray(qo)[seq] + rows
+    ids[:, :, 0] = 0
+    ids[:, :, 1] = (pos // 128)[:, None]
+    got = _run(c.q, c.k, c.v, jnp.asarray(ids), plan)
+    want = _reference((c.q, c.k, c.v, plan, None), jnp.asarray(ids))
+    _check(*got, *want)
+    assert T == ids.shape[0]
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_all_blocks_is_dense(paged):
+    qo, kv = [260, 129], [600, 129]
+    c = prefill_case(qo, kv, hq=8, hkv=2, d=64, paged=paged, seed=11)
+    nb = c.plan.num_blocks
+    ids = jnp.broadcast_to(jnp.arange(nb, dtype=jnp.int32), (c.plan.total_q, 2, nb))
+    got = _run(c.q, c.k, c.v, ids, c.plan, c.page_table)
+    cpu = _cpu()
+    with jax.default_device(cpu):
+        want_o, want_lse = reference.attention(_put(c.q, cpu), _put(c.k, cpu), _put(c.v, cpu), c.plan,
+                                               page_table=_put(c.page_table, cpu), return_lse=True)
+    _check(*got, np.asarray(want_o.astype(jnp.float32)), np.asarray(want_lse))
+
+
+def test_empty_rows():
+    """All -1 rows and ids past the causal position only."""
+    qo, kv = [200, 100], [200, 130]
+    c = prefill_case(qo, kv, hq=8, hkv=2, d=128, seed=2)
+    ids = np.array(random_block_ids(np.random.default_rng(3), c.plan, 4))
+    ids[:50] = -1
+    ids[60:70] = 1          # block 1 starts at 128 > pos for rows 60..69 of sequence 0
+    got = _run(c.q, c.k, c.v, jnp.asarray(ids), c.plan)
+    want = _reference((c.q, c.k, c.v, c.plan, None), jnp.asarray(ids))
+    _check(*got, *want)
+    assert np.isneginf(got[1][:50]).all() and (got[0][:50] == 0).all()
+
+
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_fp8_kv(paged, dtype):
+    qo, kv = [300, 40], [700, 300]
+    c = prefill_case(qo, kv, hq=16, hkv=2, d=128, dtype=dtype, seed=9)
+    rng = np.random.default_rng(1)
+    ks, vs = 0.05, 0.08
+    k8 = quantize_fp8(rng, c.k.shape, ks)
+    v8 = quantize_fp8(rng, c.v.shape, vs)
+    pt = None
+    plan = c.plan
+    if paged:
+        from msa_cases import to_paged
+        plan = msa_jax.plan_prefill(qo, kv, num_q_heads=16, num_kv_heads=2, head_dim=128, page_size=128)
+        k8, pt = to_paged(k8.astype(jnp.float32), kv, 128, np.random.default_rng(4))
+        v8, _ = to_paged(v8.astype(jnp.float32), kv, 128, np.random.default_rng(4))
+        k8, v8 = k8.astype(jnp.float8_e4m3fn), v8.astype(jnp.float8_e4m3fn)
+    ids = random_block_ids(np.random.default_rng(2), plan, 5)
+    got = _run(c.q, k8, v8, ids, plan, pt, k_scale=ks, v_scale=vs)
+    want = _reference((c.q, k8, v8, plan, pt), ids, k_scale=ks, v_scale=vs)
+    _check(*got, *want)
+
+
+@pytest.mark.parametrize("q_chunk", [1, 33, 128, 100000])
+@pytest.mark.parametrize("group", [1, 8])
+def test_passes(q_chunk, group):
+    """T > q_chunk: several passes over one scratch buffer give the same answer."""
+    qo, kv = [333, 90], [500, 400]
+    c = prefill_case(qo, kv, hq=2 * group, hkv=2, d=64, seed=21)
+    ids = random_block_ids(np.random.default_rng(8), c.plan, 4)
+    got = _run(c.q, c.k, c.v, ids, c.plan, q_chunk=q_chunk)
+    want = _reference((c.q, c.k, c.v, c.plan, None), ids)
+    _check(*got, *want)
+
+
+def test_block_size_64():
+    qo, kv = [300, 70], [450, 70]
+    c = prefill_case(qo, kv, hq=8, hkv=2, d=128, block_size=64, seed=4)
+    ids = random_block_ids(np.random.default_rng(6), c.plan, 6)
+    got = _run(c.q, c.k, c.v, ids, c.plan)
+    want = _reference((c.q, c.k, c.v, c.plan, None), ids)
+    _check(*got, *want)
+
+
+def test_bitwise_rerun():
+    qo, kv = [600, 257], [900, 300]
+    c = prefill_case(qo, kv, hq=32, hkv=2, d=128, seed=13)
+    ids = random_block_ids(np.random.default_rng(9), c.plan, 8)
+    a = _run(c.q, c.k, c.v, ids, c.plan)
+    b = _run(c.q, c.k, c.v, ids, c.plan)
+    cc = _run(c.q, c.k, c.v, ids, c.plan, q_chunk=64)   # other pass split: same partials, same order
+    for x, y in ((a, b), (a, cc)):
+        np.testing.assert_array_equal(x[0], y[0])
+        np.testing.assert_array_equal(x[1], y[1])
+
+
+def test_fp32_unimplemented():
+    c = prefill_case([64], [64], hq=4, hkv=1, d=64, dtype=jnp.float32, seed=0)
+    ids = random_block_ids(np.random.default_rng(0), c.plan, 2)
+    with pytest.raises(Exception, match="float32"):
+        _run(c.q, c.k, c.v, ids, c.plan)
+
+
+def test_wrapper_matches_reference():
+    qo, kv = [400, 130], [640, 130]
+    c = prefill_case(qo, kv, hq=16, hkv=4, d=128, seed=31)
+    ids = random_block_ids(np.random.default_rng(31), c.plan, 8)
+    gpu = _gpu()
+    with jax.default_device(gpu):
+        f = jax.jit(lambda q, k, v, i: msa_jax.sparse_prefill(q, k, v, i, c.plan, return_lse=True))
+        o, lse = jax.block_until_ready(f(_put(c.q, gpu), _put(c.k, gpu), _put(c.v, gpu), _put(ids, gpu)))
+    want = _reference((c.q, c.k, c.v, c.plan, None), ids)
+    _check(np.asarray(o.astype(jnp.float32)), np.asarray(lse), *want)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_end_to_end(paged):
+    """msa_jax.sparse_attention on the GPU (block_scores + topk_select + sparse_prefill kernels)."""
+    qo, kv = [1000, 300], [1500, 300]
+    c = prefill_case(qo, kv, hq=16, hkv=4, d=128, di=64, paged=paged, seed=17)
+    gpu, cpu = _gpu(), _cpu()
+    args = (c.q, c.k, c.v, c.q_idx, c.k_idx)
+    with jax.default_device(gpu):
+        o, ids = msa_jax.sparse_attention(*(_put(x, gpu) for x in args), c.plan, topk=4,
+                                          page_table=_put(c.page_table, gpu), return_block_ids=True)
+        o = np.asarray(jax.block_until_ready(o).astype(jnp.float32))
+        ids = np.asarray(ids)
+    with jax.default_device(cpu):
+        want_ids = np.asarray(reference.topk_select(
+            reference.block_scores(_put(c.q_idx, cpu), _put(c.k_idx, cpu), c.plan,
+                                   page_table=_put(c.page_table, cpu)), 4, c.plan))
+        # The main branch on the GPU's own selection (index scores may tie differently in bf16).
+        want_o, _ = _reference((c.q, c.k, c.v, c.plan, c.page_table), jnp.asarray(ids))
+        full = np.asarray(reference.sparse_attention(*(_put(x, cpu) for x in args), c.plan, topk=4,
+                                                     page_table=_put(c.page_table, cpu)).astype(jnp.float32))
+    assert (ids == want_ids).mean() > 0.98
+    e = np.linalg.norm(o - want_o) / np.linalg.norm(want_o)
+    assert e <= TOL, f"o vs reference on the same ids: {e:.3e}"
+    if (ids == want_ids).all():
+        e = np.linalg.norm(o - full) / np.linalg.norm(full)
+        assert e <= TOL, f"o vs reference.sparse_attention: {e:.3e}"
