@@ -14,6 +14,8 @@ Rates (stated here, used in every row):
   sparse    TFLOP/s = 4 * Hq * D * (attended visible tokens) / time
   decode    GB/s = (K + V bytes of the attended tokens) / time; baselines: an elementwise pass over
             the K cache (copy, read+write) and cuDNN on a contiguous copy of the cache (q_len 1)
+  e2e       the whole MSA layer (sparse_attention) vs cuDNN dense causal attention on the same
+            q/k/v; rate = dense-equivalent TFLOP/s (4 * Hq * D * causal pairs / time)
   sparse_decode: the step block_scores + topk_select + sparse decode against dense paged decode of
             the same cache; GB/s counts attended K/V bytes plus the index keys read
   ("decode" and "paged_decode" are the same here: msa_jax decodes from paged caches only; the
@@ -42,7 +44,7 @@ import msa_jax
 
 L2_BYTES = 64 << 20
 SECTIONS = ("prefill", "paged_prefill", "sparse_prefill", "decode", "paged_decode", "sparse_decode",
-            "index", "topk")
+            "index", "topk", "e2e")
 
 
 @dataclasses.dataclass
@@ -126,6 +128,40 @@ class Writer:
 
     def close(self):
         pass
+
+
+def plot(rows, path: str) -> None:
+    """MSA speedup over dense vs context (e2e, sparse_decode) and decode bandwidth utilisation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series = {}
+    for r in rows:
+        sec, shape, speed = r[0], r[1], r[10]
+        if sec in ("e2e", "sparse_decode") and speed:
+            fields = dict(kv.split("=", 1) for kv in shape.split(",") if "=" in kv)
+            ctx = int(fields.get("T", fields.get("L", 0)))
+            label = sec if sec == "e2e" else f"sparse_decode B={fields['B']} index={fields.get('index', '')}"
+            series.setdefault(label, []).append((ctx, float(speed)))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+    ax1.axhline(1.0, color="gray", lw=0.8)
+    ax1.set(xscale="log", xlabel="context (tokens)", ylabel="speedup over dense (x)",
+            title="MSA vs dense (cuDNN prefill / paged decode)")
+    ax1.legend(fontsize=7)
+    dec = [r for r in rows if r[0] in ("decode", "paged_decode") and r[8].startswith("copy")]
+    if dec:
+        labels = [f"{r[1]} {r[2]}".replace(",d=128", "") for r in dec]
+        ax2.barh(range(len(dec)), [float(r[10]) * 100 for r in dec])
+        ax2.set_yticks(range(len(dec)), labels, fontsize=6)
+        ax2.axvline(85, color="red", lw=0.8)
+        # The copy moves 2 x |K| bytes, decode reads |K| + |V|: the time ratio is the bandwidth ratio.
+        ax2.set(xlabel="decode bandwidth, % of copy", title="decode bandwidth utilisation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def skip(section: str, why: str) -> None:
@@ -318,24 +354,49 @@ def _section_module(name):
     return importlib.import_module(name)
 
 
-def section_unported(name, targets):
-    def run(args, dev, out):
-        why = has_kernel(dev, *targets)
-        if why:
-            return skip(name, why)
-        skip(name, "not benchmarked yet in this version of the suite")
-    return run
+def section_e2e(args, dev, out: Writer):
+    """The whole MSA layer (sparse_attention) against cuDNN dense causal attention, same inputs."""
+    why = has_kernel(dev, "msa_block_scores", "msa_topk_select", "msa_sparse_prefill")
+    if why:
+        return skip("e2e", why)
+    rng = np.random.default_rng(4)
+    hq, hkv, d, di, k_sel = (64, 4, 128, 128, 16) if not args.cpu else (8, 2, 64, 64, 4)
+    for n in args.seqs:
+        plan = msa_jax.plan_prefill([n], [n], num_q_heads=hq, num_kv_heads=hkv, head_dim=d)
+        q = device_normal(rng, (n, hq, d), jnp.bfloat16, dev)
+        k = device_normal(rng, (n, hkv, d), jnp.bfloat16, dev)
+        v = device_normal(rng, (n, hkv, d), jnp.bfloat16, dev)
+        qi = device_normal(rng, (n, hkv, di), jnp.bfloat16, dev)
+        ki = device_normal(rng, (n, di), jnp.bfloat16, dev)
+        ours = jax.jit(lambda q, k, v, qi, ki: msa_jax.sparse_attention(q, k, v, qi, ki, plan, topk=k_sel))
+        t = bench(ours, [[q, k, v, qi, ki]], args.dry_run_ms, args.repeat_ms)
+        base = None
+        if not args.cpu:
+            cudnn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q[None], k[None], v[None], is_causal=True,
+                                                                         implementation="cudnn")[0])
+            try:
+                base = bench(cudnn, [[q, k, v]], args.dry_run_ms, args.repeat_ms)
+            except Exception as e:  # noqa: BLE001
+                skip("e2e cudnn baseline", f"{type(e).__name__}: {str(e)[:120]}")
+        dense_flops = 4 * hq * d * _visible_pairs(plan)
+        out.add("e2e", f"T={n},{hq}q/{hkv}kv,d={d},Di={di},k={k_sel}", "bf16", t,
+                dense_flops / t.median_ms / 1e9, "dense-equiv TFLOP/s", "cudnn_dense_causal", base, dev)
+        print(f"# e2e T={n}: sparse_attention {t.median_ms:.2f} ms" +
+              (f", cuDNN dense {base.median_ms:.2f} ms: {base.median_ms / t.median_ms:.2f}x" if base else ""),
+              file=sys.stderr, flush=True)
+        del q, k, v, qi, ki
 
 
 RUNNERS = {
     "topk": section_topk,
     "index": section_index,
-    "prefill": section_unported("prefill", ["msa_attention"]),
-    "paged_prefill": section_unported("paged_prefill", ["msa_attention"]),
+    "prefill": lambda a, d, o: _section_module("bench_attention_section").run_prefill(a, d, o),
+    "paged_prefill": lambda a, d, o: _section_module("bench_attention_section").run_paged(a, d, o),
     "sparse_prefill": lambda a, d, o: _section_module("bench_sparse_section").run(a, d, o),
     "decode": lambda a, d, o: section_decode(a, d, o, "decode"),
     "paged_decode": section_decode,
     "sparse_decode": section_sparse_decode,
+    "e2e": section_e2e,
 }
 
 
@@ -354,6 +415,7 @@ def parse(argv=None):
     p.add_argument("--output_mode", default="o", choices=["o", "maxscore", "full"])
     p.add_argument("--cpu", action="store_true", help="run on the CPU (tiny shapes for a smoke test)")
     p.add_argument("-o", "--output", default=None, help="TSV output path")
+    p.add_argument("--plot", default=None, help="PNG path: speedup vs context and decode bandwidth (matplotlib)")
     a = p.parse_args(argv)
     a.sections = SECTIONS if a.sections == "all" else tuple(s.strip() for s in a.sections.split(","))
     for s in a.sections:
@@ -375,10 +437,18 @@ def main(argv=None) -> int:
         return 0
     print(f"# msa_jax {msa_jax.__version__}, jax {jax.__version__}, device {device_name(dev)}", file=sys.stderr)
     out = Writer(args.output)
+    sections = args.sections
+    try:
+        from tqdm import tqdm
+        sections = tqdm(sections, desc="sections", file=sys.stderr)
+    except ImportError:
+        pass
     with jax.default_device(dev):
-        for s in args.sections:
+        for s in sections:
             RUNNERS[s](args, dev, out)
     out.close()
+    if args.plot:
+        plot(out.rows, args.plot)
     return 0
 
 

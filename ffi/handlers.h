@@ -18,7 +18,5 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(MsaTopkSelectCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(MsaBlockScoresCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(MsaDecodeCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(MsaSparsePrefillCuda);
-// Ops whose CUDA kernels have not landed yet: a clear error, never a silent
-// CPU fallback (ffi/cuda/no_kernel_yet.cc).
 XLA_FFI_DECLARE_HANDLER_SYMBOL(MsaAttentionCuda);
 #endif

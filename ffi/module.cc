@@ -47,6 +47,7 @@ nb::list cuda_kernels() {
   l.append("msa_block_scores");
   l.append("msa_decode");
   l.append("msa_sparse_prefill");
+  l.append("msa_attention");
 #endif
   return l;
 }

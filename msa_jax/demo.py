@@ -23,7 +23,7 @@ import msa_jax
 from msa_jax import reference as ref
 
 # (qo_lens, kv_lens, Hq, Hkv, D, dtype, topk): the paper's head shape on a GPU, a small one on a CPU.
-GPU_CONFIG = dict(lens=(8192, 5000), hq=64, hkv=4, d=128, dtype="bfloat16", topk=16)
+GPU_CONFIG = dict(lens=(4096, 1500), hq=64, hkv=4, d=128, dtype="bfloat16", topk=16)
 CPU_CONFIG = dict(lens=(1500, 700), hq=8, hkv=2, d=64, dtype="float32", topk=4)
 GPU_OPS = ("msa_block_scores", "msa_topk_select", "msa_sparse_prefill", "msa_attention")
 

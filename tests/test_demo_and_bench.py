@@ -24,9 +24,11 @@ def test_bench_cli_cpu_sweep(tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "out.tsv"
     rc = bench.main(["--cpu", "--sections", "topk,index,prefill", "--topk-shapes", "64x8", "--topk-k", "4",
-                     "--seqs", "256", "--dry-run-ms", "1", "--repeat-ms", "5", "-o", str(out)])
+                     "--seqs", "256", "--dry-run-ms", "1", "--repeat-ms", "5", "-o", str(out),
+                     "--plot", str(tmp_path / "plot.png")])
     assert rc == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("section\tshape\tdtype\tmedian_ms")
     sections = {l.split("\t")[0] for l in lines[1:]}
     assert {"topk", "topk_copy", "index"} <= sections
+    assert (tmp_path / "plot.png").stat().st_size > 1000
