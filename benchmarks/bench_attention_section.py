@@ -57,7 +57,7 @@ def _section(args, dev, out, paged: bool):
         return skip(name, why)
     rng = np.random.default_rng(2 if paged else 1)
     for n in args.seqs:
-        for hq, hkv, d in SHAPES:
+        for hq, hkv, d in getattr(args, "shapes", None) or SHAPES:
             plan = msa_jax.plan_prefill([n], [n], num_q_heads=hq, num_kv_heads=hkv, head_dim=d,
                                         page_size=PAGE if paged else None)
             nbytes = n * (hq + 2 * hkv) * d * 2
@@ -76,13 +76,18 @@ def _section(args, dev, out, paged: bool):
                     sets.append([q, jax.device_put(kc, dev), jax.device_put(vc, dev), jax.device_put(pt, dev)])
                 else:
                     sets.append([q, k, v])
+            # --output_mode: o, maxscore (upstream's per-block max only matters; O is still
+            # produced by the fused pass) or full (O, LSE and block max).
+            mode = getattr(args, "output_mode", "o")
+            extras = dict(return_block_max=mode in ("maxscore", "full"), return_lse=mode == "full")
             if paged:
-                ours = jax.jit(lambda q, k, v, pt: msa_jax.attention(q, k, v, plan, page_table=pt))
+                ours = jax.jit(lambda q, k, v, pt: msa_jax.attention(q, k, v, plan, page_table=pt, **extras))
             else:
-                ours = jax.jit(lambda q, k, v: msa_jax.attention(q, k, v, plan))
+                ours = jax.jit(lambda q, k, v: msa_jax.attention(q, k, v, plan, **extras))
             t = bench(ours, sets, args.dry_run_ms, args.repeat_ms)
             flops = 4 * hq * d * _visible_pairs([n], [n])
-            shape = f"T={n},Hq={hq},Hkv={hkv},D={d}" + (f",page={PAGE}" if paged else "")
+            shape = f"T={n},Hq={hq},Hkv={hkv},D={d}" + (f",page={PAGE}" if paged else "") + \
+                (f",out={mode}" if mode != "o" else "")
             try:
                 base = jax.jit(_cudnn)
                 tb = bench(base, base_sets, args.dry_run_ms, args.repeat_ms)

@@ -270,8 +270,7 @@ def _paged_decode_inputs(dev, B, L, hq, hkv, d, cache_dtype, rng, page=128, inde
 
 
 def _decode_heads(args):
-    shapes = [(64, 4, 128), (32, 8, 128)] if not args.cpu else [(8, 2, 64)]
-    return [(hq // tp, max(hkv // tp, 1), d) for hq, hkv, d in shapes for tp in args.tp if hq % tp == 0]
+    return args.shapes
 
 
 def section_decode(args, dev, out: Writer, paged_name="paged_decode"):
@@ -360,7 +359,8 @@ def section_e2e(args, dev, out: Writer):
     if why:
         return skip("e2e", why)
     rng = np.random.default_rng(4)
-    hq, hkv, d, di, k_sel = (64, 4, 128, 128, 16) if not args.cpu else (8, 2, 64, 64, 4)
+    hq, hkv, d = args.shapes[0]
+    di, k_sel = (128, 16) if not args.cpu else (64, 4)
     for n in args.seqs:
         plan = msa_jax.plan_prefill([n], [n], num_q_heads=hq, num_kv_heads=hkv, head_dim=d)
         q = device_normal(rng, (n, hq, d), jnp.bfloat16, dev)
@@ -406,6 +406,10 @@ def parse(argv=None):
     p.add_argument("--sections", default="all", help="all or a comma list of " + ",".join(SECTIONS))
     p.add_argument("--seqs", default="32768,131072", help="context lengths (comma list)")
     p.add_argument("--tp", default="1", help="tensor-parallel degrees (heads divided), comma list")
+    p.add_argument("--heads", default="64/4,32/8",
+                   help="query/kv head pairs for prefill, decode and e2e (comma list; sparse_prefill and "
+                        "sparse_decode use the paper's 64/4)")
+    p.add_argument("--head-dim", type=int, default=128, help="head dim for prefill, decode and e2e")
     p.add_argument("--decode-k", default="32768,131072", help="decode kv lengths")
     p.add_argument("--decode-b", default="32", help="decode batch sizes")
     p.add_argument("--topk-shapes", default="131072x1024,131072x8192", help="rows x blocks for the topk section")
@@ -426,6 +430,12 @@ def parse(argv=None):
                                                                            a.topk_k))
     a.topk_shapes = [tuple(int(v) for v in s.split("x")) for s in a.topk_shapes.split(",") if s]
     a.index_dtypes = ["fp8"] if a.dtype == "fp8" else ["bf16"]
+    pairs = [tuple(int(x) for x in h.split("/")) for h in a.heads.split(",") if h]
+    if a.cpu and a.heads == "64/4,32/8":
+        pairs, a.head_dim = [(8, 2)], 64
+    # --tp: heads divided as tensor parallelism would (KV heads at least 1 per shard).
+    a.shapes = [(hq // tp, max(hkv // tp, 1), a.head_dim) for hq, hkv in pairs for tp in a.tp
+                if hq % tp == 0 and (hq // tp) % max(hkv // tp, 1) == 0]
     return a
 
 
