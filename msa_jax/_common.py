@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +92,8 @@ def seq_arrays(op: str, plan: Plan, kv_lens=None):
 
 
 def dummy_page_table(plan: Plan):
-    return jnp.zeros((plan.batch_size if isinstance(plan, PrefillPlan) else plan.batch_size, 1), jnp.int32)
+    """The page_table argument of dense calls: ignored by the handlers."""
+    return jnp.zeros((plan.batch_size, 1), jnp.int32)
 
 
 def default_scale(scale: Optional[float], head_dim: int) -> float:

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 
 from msa_jax import _common as c
 from msa_jax import _ffi  # noqa: F401
-from msa_jax.plan import DecodePlan, PrefillPlan
 
 __all__ = ["block_scores"]
 

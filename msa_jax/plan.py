@@ -8,7 +8,6 @@ in decode). It is frozen and hashable, so it can be a static argument of
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional, Sequence
 
 import numpy as np

@@ -9,7 +9,6 @@ visibility mask and computes full score matrices.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,7 @@ import pytest
 
 import msa_jax
 from msa_jax import reference as ref
-from msa_cases import prefill_case, quantize_fp8, rel_err, to_paged
+from msa_cases import prefill_case, quantize_fp8, rel_err
 
 HEADS = [(4, 4), (8, 2), (16, 1)]  # GQA ratios 1, 4, 16
 

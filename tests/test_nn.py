@@ -1,6 +1,5 @@
 """msa_jax.nn.MSAAttention: prefill vs the reference, cache writes, decode, fp8 cache, dense fallback."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ from flax import nnx
 
 import msa_jax
 from msa_jax import reference as ref
-from msa_jax.nn import MSAAttention, MSACache, apply_rotary
+from msa_jax.nn import MSAAttention, apply_rotary
 from msa_cases import rel_err
 
 HIDDEN, HQ, HKV, D, DI, BS = 64, 8, 2, 64, 32, 16
