@@ -17,7 +17,8 @@ Rates (stated here, used in every row):
   e2e       the whole MSA layer (sparse_attention) vs cuDNN dense causal attention on the same
             q/k/v; rate = dense-equivalent TFLOP/s (4 * Hq * D * causal pairs / time)
   sparse_decode: the step block_scores + topk_select + sparse decode against dense paged decode of
-            the same cache; GB/s counts attended K/V bytes plus the index keys read
+            the same cache and against the same MSA step in plain XLA (einsum index scores, masked
+            lax.top_k, gather, softmax); GB/s counts attended K/V bytes plus the index keys read
   ("decode" and "paged_decode" are the same here: msa_jax decodes from paged caches only; the
   "decode" rows use a contiguous page table)
 
@@ -311,6 +312,33 @@ def section_decode(args, dev, out: Writer, paged_name="paged_decode"):
                       file=sys.stderr, flush=True)
 
 
+def xla_sparse_decode_step(q, qi, ki, k, v, pt, lens, *, k_sel, page):
+    """Plain-XLA MSA decode (einsum index scores + masked lax.top_k + gather + softmax): the
+    baseline a JAX user writes without msa_jax. Pages of request b are pt[b, :]; bf16 in, f32 math."""
+    B, hq, d = q.shape
+    hkv = k.shape[1]
+    P = pt.shape[1]
+    nblk = (lens + page - 1) // page                                          # [B]
+    kidx = ki[pt][:, :, 0].astype(jnp.float32)                                # [B, P, page, Di]
+    s = jnp.einsum("bgd,bpjd->bgpj", qi.astype(jnp.float32), kidx) / np.sqrt(qi.shape[-1])
+    tok = jnp.arange(P)[:, None] * page + jnp.arange(page)[None, :]           # [P, page]
+    s = jnp.where(tok[None, None] < lens[:, None, None, None], s, -jnp.inf).max(-1)   # [B, hkv, P]
+    local = (nblk - 1)[:, None, None]
+    s = jnp.where(jnp.arange(P)[None, None] == local, jnp.inf, s)
+    vals, ids = jax.lax.top_k(s, k_sel)                                       # [B, hkv, k]
+    pages = jnp.take_along_axis(pt[:, None, :], ids, axis=2)                  # [B, hkv, k]
+    heads = jnp.arange(hkv)[None, :, None]
+    kg = k[pages, heads].astype(jnp.float32)                                  # [B, hkv, k, page, d]
+    vg = v[pages, heads].astype(jnp.float32)
+    qg = q.reshape(B, hkv, hq // hkv, d).astype(jnp.float32)
+    sc = jnp.einsum("bgqd,bgkjd->bgqkj", qg, kg) / np.sqrt(d)
+    visible = (ids[..., None] * page + jnp.arange(page) < lens[:, None, None, None]) & (vals > -jnp.inf)[..., None]
+    sc = jnp.where(visible[:, :, None], sc, -jnp.inf)
+    p = jax.nn.softmax(sc.reshape(*sc.shape[:3], -1), axis=-1).reshape(sc.shape)
+    o = jnp.einsum("bgqkj,bgkjd->bgqd", p, vg)
+    return o.reshape(B, hq, d).astype(q.dtype)
+
+
 def section_sparse_decode(args, dev, out: Writer):
     """The sparse decode step (index scores + top-k + sparse decode) against dense paged decode."""
     why = has_kernel(dev, "msa_decode", "msa_block_scores", "msa_topk_select")
@@ -335,12 +363,23 @@ def section_sparse_decode(args, dev, out: Writer):
 
                 step = jax.jit(step)
                 td = bench(dense, [[q, k, v, pt, lens]], args.dry_run_ms, args.repeat_ms)
-                t = bench(step, [[q, ex["q_idx"], k_idx, k, v, pt, lens]], args.dry_run_ms, args.repeat_ms)
+                step_args = [q, ex["q_idx"], k_idx, k, v, pt, lens]
+                t = bench(step, [step_args], args.dry_run_ms, args.repeat_ms)
+                xla_step = jax.jit(lambda *a: xla_sparse_decode_step(*a, k_sel=k_sel, page=128))
+                try:
+                    tx = bench(xla_step, [step_args], args.dry_run_ms, args.repeat_ms)
+                except Exception as e:  # noqa: BLE001 (memory at long context)
+                    skip("sparse_decode plain-XLA baseline", f"{type(e).__name__}: {str(e)[:120]}")
+                    tx = None
                 shape = f"B={B},L={L},{hq}q/{hkv}kv,d={d},k={k_sel},index={index_dtype}"
                 attended = 2 * B * min(L, k_sel * 128) * hkv * d * 2 + B * L * di * jnp.dtype(idt).itemsize
                 out.add("sparse_decode", shape, "bf16", t, attended / t.median_ms / 1e6, "GB/s",
                         "dense paged decode", td, dev)
-                print(f"# sparse_decode {shape}: {td.median_ms / t.median_ms:.2f}x dense paged decode",
+                if tx is not None:
+                    out.add("sparse_decode", shape, "bf16", t, attended / t.median_ms / 1e6, "GB/s",
+                            "plain-XLA MSA decode", tx, dev)
+                print(f"# sparse_decode {shape}: {td.median_ms / t.median_ms:.2f}x dense paged decode" +
+                      (f", {tx.median_ms / t.median_ms:.2f}x plain-XLA MSA" if tx is not None else ""),
                       file=sys.stderr, flush=True)
                 del q, k, v, k_idx, ex
 

@@ -17,11 +17,19 @@ def test_demo_runs_on_cpu(capsys):
     assert float(err_line.split(":")[-1]) < 1e-4
 
 
-def test_bench_cli_cpu_sweep(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_sparse_attention_ops", ROOT / "benchmarks" / "bench_sparse_attention_ops.py")
+def _load_bench():
+    if "bench_sparse_attention_ops" in sys.modules:
+        return sys.modules["bench_sparse_attention_ops"]
+    spec = importlib.util.spec_from_file_location("bench_sparse_attention_ops",
+                                                  ROOT / "benchmarks" / "bench_sparse_attention_ops.py")
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_sparse_attention_ops"] = bench   # dataclasses look their module up
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_cli_cpu_sweep(tmp_path, capsys):
+    bench = _load_bench()
     out = tmp_path / "out.tsv"
     rc = bench.main(["--cpu", "--sections", "topk,index,prefill", "--topk-shapes", "64x8", "--topk-k", "4",
                      "--seqs", "256", "--dry-run-ms", "1", "--repeat-ms", "5", "-o", str(out),
@@ -32,3 +40,27 @@ def test_bench_cli_cpu_sweep(tmp_path, capsys):
     sections = {l.split("\t")[0] for l in lines[1:]}
     assert {"topk", "topk_copy", "index"} <= sections
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_plain_xla_sparse_decode_baseline_is_msa():
+    """The sparse_decode baseline computes the same thing as the MSA decode step."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import msa_jax
+    from msa_jax import reference as ref
+
+    bench = _load_bench()
+    rng = np.random.default_rng(0)
+    B, L, hq, hkv, d, di = 2, 700, 8, 2, 64, 64
+    q, k, v, pt, _, ex = bench._paged_decode_inputs(jax.devices("cpu")[0], B, L, hq, hkv, d, jnp.float32, rng,
+                                                    index_dim=di)
+    q = q.astype(jnp.float32)
+    lens = jnp.asarray([700, 300], jnp.int32)
+    plan = msa_jax.plan_decode(B, L, num_q_heads=hq, num_kv_heads=hkv, head_dim=d)
+    ids = ref.topk_select(ref.block_scores(ex["q_idx"], ex["k_idx"], plan, page_table=pt, kv_lens=lens), 3, plan,
+                          kv_lens=lens)
+    want = ref.decode(q, k, v, pt, lens, plan, block_ids=ids)
+    got = bench.xla_sparse_decode_step(q, ex["q_idx"], ex["k_idx"], k, v, pt, lens, k_sel=3, page=128)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
