@@ -76,6 +76,17 @@ def check_kv_cache(op: str, name: str, x, plan: Plan, *, heads: int, head_dim: i
             raise TypeError(f"{op}: page_table given but the plan is dense (plan_prefill(page_size=None))")
 
 
+def check_q_and_kv(op: str, q, kvs, plan: Plan, page_table, *, rows_what: str) -> None:
+    """q ``[rows, Hq, D]`` against the plan, then each named K/V array against q and the plan."""
+    check_array(op, "q", q, rank=3, dtypes=FLOAT_DTYPES)
+    check_dim(op, "q", q, 0, plan.total_q, rows_what)
+    check_dim(op, "q", q, 1, plan.num_q_heads, "num_q_heads")
+    check_dim(op, "q", q, 2, plan.head_dim, "head_dim")
+    for name, x in kvs:
+        check_kv_cache(op, name, x, plan, heads=plan.num_kv_heads, head_dim=q.shape[2], page_table=page_table)
+        check_kv_dtype(op, name, x, q.dtype)
+
+
 def seq_arrays(op: str, plan: Plan, kv_lens=None):
     """(q_indptr, kv_indptr, kv_lens) int32 arrays for the FFI call."""
     if isinstance(plan, DecodePlan):

@@ -34,14 +34,8 @@ def attention(q, k, v, plan: PrefillPlan, *, page_table=None, scale: Optional[fl
     """
     op = "attention"
     c.check_plan(op, plan, (PrefillPlan,))
-    c.check_array(op, "q", q, rank=3, dtypes=c.FLOAT_DTYPES)
+    c.check_q_and_kv(op, q, (("k", k), ("v", v)), plan, page_table, rows_what="the plan's total query tokens")
     T, Hq, D = q.shape
-    c.check_dim(op, "q", q, 0, plan.total_q, "the plan's total query tokens")
-    c.check_dim(op, "q", q, 1, plan.num_q_heads, "num_q_heads")
-    c.check_dim(op, "q", q, 2, plan.head_dim, "head_dim")
-    for name, x in (("k", k), ("v", v)):
-        c.check_kv_cache(op, name, x, plan, heads=plan.num_kv_heads, head_dim=D, page_table=page_table)
-        c.check_kv_dtype(op, name, x, q.dtype)
     if k.shape != v.shape:
         raise ValueError(f"{op}: k and v must have the same shape, got {c.shape_str(k)} and {c.shape_str(v)}")
     q_indptr, kv_indptr, kv_lens = c.seq_arrays(op, plan)

@@ -52,14 +52,9 @@ def decode(q, k_cache, v_cache, page_table, kv_lens, plan: DecodePlan, *, block_
     """
     op = "decode"
     c.check_plan(op, plan, (DecodePlan,))
-    c.check_array(op, "q", q, rank=3, dtypes=c.FLOAT_DTYPES)
+    c.check_q_and_kv(op, q, (("k_cache", k_cache), ("v_cache", v_cache)), plan, page_table,
+                     rows_what="the plan's batch_size")
     B, Hq, D = q.shape
-    c.check_dim(op, "q", q, 0, plan.batch_size, "the plan's batch_size")
-    c.check_dim(op, "q", q, 1, plan.num_q_heads, "num_q_heads")
-    c.check_dim(op, "q", q, 2, plan.head_dim, "head_dim")
-    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
-        c.check_kv_cache(op, name, x, plan, heads=plan.num_kv_heads, head_dim=D, page_table=page_table)
-        c.check_kv_dtype(op, name, x, q.dtype)
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"{op}: k_cache and v_cache must have the same shape")
     _, _, lens = c.seq_arrays(op, plan, kv_lens)

@@ -72,14 +72,8 @@ def sparse_prefill(q, k, v, block_ids, plan: PrefillPlan, *, page_table=None, sc
     """
     op = "sparse_prefill"
     c.check_plan(op, plan, (PrefillPlan,))
-    c.check_array(op, "q", q, rank=3, dtypes=c.FLOAT_DTYPES)
+    c.check_q_and_kv(op, q, (("k", k), ("v", v)), plan, page_table, rows_what="the plan's total query tokens")
     T, Hq, D = q.shape
-    c.check_dim(op, "q", q, 0, plan.total_q, "the plan's total query tokens")
-    c.check_dim(op, "q", q, 1, plan.num_q_heads, "num_q_heads")
-    c.check_dim(op, "q", q, 2, plan.head_dim, "head_dim")
-    for name, x in (("k", k), ("v", v)):
-        c.check_kv_cache(op, name, x, plan, heads=plan.num_kv_heads, head_dim=D, page_table=page_table)
-        c.check_kv_dtype(op, name, x, q.dtype)
     check_block_ids(op, block_ids, T, plan)
     q_indptr, kv_indptr, kv_lens = c.seq_arrays(op, plan)
     pt = page_table if plan.paged else c.dummy_page_table(plan)
