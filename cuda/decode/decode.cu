@@ -19,7 +19,17 @@ cudaError_t launch(const DecodeParams& p, cudaStream_t stream) {
   a.p = p;
   const int64_t G = p.q_heads / p.kv_heads;
   a.head_chunks = (G + Tr::kHeads - 1) / Tr::kHeads;
+  a.row_bytes = uint32_t(Tr::kRowBytes);
   a.scale_log2 = p.scale * p.k_scale * 1.4426950408889634f;
+  // v / page_size as (v * ps_mul) >> ps_shift, exact for 0 <= v < 2^31 (page_size in
+  // [1, 2^20] by decode_supported): ps_mul = ceil(2^(31+l) / ps) < 2^32, l = ceil(log2 ps).
+  {
+    const uint64_t ps = uint64_t(p.page_size);
+    int l = 0;
+    while ((uint64_t(1) << l) < ps) ++l;
+    a.ps_shift = 31 + l;
+    a.ps_mul = uint32_t(((uint64_t(1) << (31 + l)) + ps - 1) / ps);
+  }
   const int64_t S = p.num_splits;
   if (S > 1) {
     const int64_t lse_bytes = decode_detail::round_up(p.batch * p.q_heads * S * 4, 256);
@@ -32,6 +42,10 @@ cudaError_t launch(const DecodeParams& p, cudaStream_t stream) {
 
   auto kernel = decode::decode_split_kernel<Tr>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  // All of the unified L1 as shared memory (the copies bypass L1): kMinBlocks CTAs
+  // per SM need up to ~226 KB (fp8, D = 128: 3 x 72.6 KB).
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
   if (err != cudaSuccess) return err;
   kernel<<<unsigned(ctas), Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
   err = cudaGetLastError();

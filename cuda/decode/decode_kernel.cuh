@@ -14,10 +14,14 @@
 //                                       of the group are the M rows, padded)
 //     online softmax in base 2, P -> bf16/fp16 A fragments (registers)
 //     O[16 x D] += P V                 (V by ldmatrix.trans)
-//   fp8 caches: raw e4m3 bytes through the pipeline (half the bytes), each
-//   warp converts its group to bf16/fp16 in a private shared buffer (exact
-//   integer conversion), scales k_scale / v_scale folded into the softmax
-//   scale and the epilogue.
+//   fp8 caches: raw e4m3 bytes through the pipeline (half the bytes) and
+//   straight into the mma operand registers (no converted copy in shared
+//   memory): each lane reads its fragments' bytes with 16-byte (K) / 16- or
+//   8-byte (V) shared loads and converts them with integer bit moves (exact,
+//   see fp8x4). The fragment layouts are permuted to make that possible:
+//   K's head_dim order (the same permutation on Q's fragments: Q K^T is
+//   invariant), V's head_dim order (undone when the epilogue writes O).
+//   k_scale / v_scale are folded into the softmax scale and the epilogue.
 //   Epilogue: the 4 warps' (m, l, O) merged through shared memory in warp
 //   order; writes o / lse (num_splits == 1) or the f32 partials (scratch).
 //
@@ -52,14 +56,11 @@ struct Traits {
   static constexpr int kCacheBytes = kFp8 ? 1 : 2;
   static constexpr int kRowBytes = kD * kCacheBytes;       // a cache row in a stage
   static constexpr int kChunksPerRow = kRowBytes / 16;     // 16-byte chunks: 4, 8 or 16
-  static constexpr int kSwz = kChunksPerRow >= 8 ? 7 : kChunksPerRow - 1;  // stage row swizzle
   static constexpr int kRowsPerPass = 32 / kChunksPerRow;  // rows a warp copies per pass
   static constexpr int kLoadsPerLane = kKeys * kChunksPerRow / 32;  // per tensor per stage
   static constexpr int kStages = kFp8 ? (kD == 64 ? 6 : 4) : (kD == 64 ? 4 : 3);
   static constexpr int kStageBytes = 2 * kKeys * kRowBytes;        // K rows then V rows
-  static constexpr int kOpRowBytes = kD * 2;                       // 16-bit operand row
-  static constexpr int kConvBytes = kFp8 ? 2 * kKeys * kOpRowBytes : 0;  // converted K, V
-  static constexpr int kWarpBytes = kStages * kStageBytes + kConvBytes;
+  static constexpr int kWarpBytes = kStages * kStageBytes;
   static constexpr int kPipeBytes = kWarps * kWarpBytes;
   static constexpr int kEpiBytes = kWarps * kHeads * kD * 4;       // per-warp O (f32)
   static constexpr int kIdChunk = 1024;                            // sparse dedup ids per pass
@@ -75,6 +76,21 @@ struct Traits {
   static constexpr int kMinBlocks = kSmemBytes <= 74 * 1024 ? 3 : 2;
   static_assert(kChunksPerRow >= 4 && 32 % kChunksPerRow == 0, "copy mapping");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+
+  // Physical 16-byte chunk of logical chunk c of stage row r is c ^ swz(r). Every
+  // 8-lane phase of the copies (8 lanes = one row's chunks or 8 rows' same chunk) and
+  // of the fragment loads must hit distinct banks:
+  //   16-bit caches: ldmatrix rows 0-7 of one chunk column -> r & 7;
+  //   fp8, 8 chunks: K loads read rows {2m, 2m+1} x chunks {4j + 0..3} (bit 2 of
+  //     swz must differ between the two rows), V loads read rows {2t + x : t < 4} x
+  //     chunks {2p, 2p+1} (bits 1-2 distinct over the 4 rows) -> (r & 7) ^ ((r & 1) << 2);
+  //   fp8, 4 chunks (64-byte rows, two per bank line): the copies' 8 rows -> (r >> 1) & 3
+  //     (K loads are conflict-free anyway; V's 8-byte loads stay 2-way).
+  __device__ __forceinline__ static int swz(int r) {
+    if constexpr (!kFp8) return r & 7;
+    else if constexpr (kChunksPerRow == 8) return (r & 7) ^ ((r & 1) << 2);
+    else return (r >> 1) & 3;
+  }
 };
 
 struct KernelArgs {
@@ -83,6 +99,11 @@ struct KernelArgs {
   float scale_log2;     // scale * k_scale * log2(e)
   float* lse_part;      // [B, Hq, S] (num_splits > 1)
   float* o_part;        // [B, Hq, S, D]
+  // v / page_size for 0 <= v < 2^31 as (v * ps_mul) >> ps_shift (round-up reciprocal,
+  // ps_shift = 31 + ceil(log2 page_size)): no integer division in the main loop.
+  uint32_t ps_mul;
+  int ps_shift;
+  uint32_t row_bytes;   // Tr::kRowBytes, as a runtime operand: one IMAD.WIDE per row address
 };
 
 // ----------------------------------------------------------------- PTX helpers
@@ -91,9 +112,11 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16-byte global->shared copy; src_bytes 0 zero-fills (src must still be a valid address).
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+// 16-byte copy, or 16 zero bytes when zero_fill (the source is then not read).
+__device__ __forceinline__ void cp_async_16_zfill(uint32_t dst, const void* src, bool zero_fill) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(dst),
+      "l"(src), "r"(int(zero_fill)));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -127,10 +150,13 @@ struct Mma<__nv_bfloat16> {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
   }
-  // e4m3 bytes in the high byte of each 16-bit lane -> bf16 (exact; NaN -> +-480):
-  // magnitude bits to bit 4 gives value * 2^-120, times 2^120 restores it.
-  __device__ __forceinline__ static uint32_t fp8x2(uint32_t v) {
-    uint32_t bits = ((v >> 4) & 0x07f007f0u) | (v & 0x80008000u);
+  // fp8x4: the 7 magnitude bits of an e4m3 byte land at bits 4-10 of a bf16 lane
+  // (exponent field low 4 bits + mantissa top 3): value * 2^-120, exact for
+  // subnormals too (bf16 subnormals); times 2^120 in bf16 restores it. The
+  // multiply stays: the mma's handling of subnormal inputs is unspecified.
+  static constexpr int kFp8Left = 4;
+  static constexpr uint32_t kFp8Mag = 0x07f007f0u;
+  __device__ __forceinline__ static uint32_t fp8_unscale(uint32_t bits) {
     __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&bits);
     h = __hmul2(h, __bfloat162bfloat162(__ushort_as_bfloat16(0x7b80)));  // 2^120
     return *reinterpret_cast<uint32_t*>(&h);
@@ -150,9 +176,11 @@ struct Mma<__half> {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
   }
-  // fp16: magnitude bits to bit 7 gives value * 2^-8 (subnormals exact), times 2^8.
-  __device__ __forceinline__ static uint32_t fp8x2(uint32_t v) {
-    uint32_t bits = ((v >> 1) & 0x3f803f80u) | (v & 0x80008000u);
+  // fp16: magnitude bits at bits 7-13 of an fp16 lane: value * 2^-8 (fp8
+  // subnormals become fp16 subnormals, exactly); times 2^8 restores it.
+  static constexpr int kFp8Left = 7;
+  static constexpr uint32_t kFp8Mag = 0x3f803f80u;
+  __device__ __forceinline__ static uint32_t fp8_unscale(uint32_t bits) {
     __half2 h = *reinterpret_cast<__half2*>(&bits);
     h = __hmul2(h, __half2half2(__ushort_as_half(0x5c00)));  // 256
     return *reinterpret_cast<uint32_t*>(&h);
@@ -160,18 +188,38 @@ struct Mma<__half> {
   __device__ __forceinline__ static __half from_float(float x) { return __float2half_rn(x); }
 };
 
-// 16 e4m3 bytes -> 16 Elem values (two 16-byte vectors), in order.
+// (a & mask) | (b & ~mask) as one LOP3.
+template <uint32_t kMask>
+__device__ __forceinline__ uint32_t bit_select(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xe4;" : "=r"(d) : "r"(a), "r"(b), "n"(kMask));
+  return d;
+}
+
+// e4m3 bytes [b0 b1 b2 b3] of w -> even = {b0, b2}, odd = {b1, b3} as Elem pairs
+// (low half first). The magnitudes are w shifted under the magnitude mask, the sign
+// bits (bit 15 / 31 of a lane) come from w's own sign bits, then one exact
+// power-of-two multiply per pair (Mma<Elem>::fp8_unscale): 6 integer ops + 2
+// multiplies per 4 values, no byte permute. Exact for every e4m3 value including
+// subnormals; the NaN encodings (0x7f / 0xff) read as +-480.
 template <class Elem>
-__device__ __forceinline__ void convert_fp8x16(const uint4& in, uint4& o0, uint4& o1) {
-  const uint32_t w[4] = {in.x, in.y, in.z, in.w};
-  uint32_t r[8];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    r[2 * i] = Mma<Elem>::fp8x2(__byte_perm(w[i], 0u, 0x1404));      // bytes 0, 1
-    r[2 * i + 1] = Mma<Elem>::fp8x2(__byte_perm(w[i], 0u, 0x3424));  // bytes 2, 3
-  }
-  o0 = make_uint4(r[0], r[1], r[2], r[3]);
-  o1 = make_uint4(r[4], r[5], r[6], r[7]);
+__device__ __forceinline__ void fp8x4(uint32_t w, uint32_t& even, uint32_t& odd) {
+  constexpr int kL = Mma<Elem>::kFp8Left;
+  constexpr uint32_t kM = Mma<Elem>::kFp8Mag;
+  const uint32_t sgn = w & 0x80808080u;
+  // sgn << 8 (bits 7 / 23 -> 15 / 31; 15 -> 23 is masked) in PTX: the compiler would
+  // rewrite it as (w << 8) & 0x80808000, one more op than reusing sgn.
+  uint32_t sgn8;
+  asm("shl.b32 %0, %1, 8;" : "=r"(sgn8) : "r"(sgn));
+  even = Mma<Elem>::fp8_unscale(bit_select<kM>(w << kL, sgn8));
+  odd = Mma<Elem>::fp8_unscale(bit_select<kM>(w >> (8 - kL), sgn));  // signs 15 / 31 in place (7 / 23 masked)
+}
+
+// The same pointer, hidden from the optimiser's re-association.
+__device__ __forceinline__ const uint8_t* opaque(const uint8_t* x) {
+  uint64_t r;
+  asm("mov.b64 %0, %1;" : "=l"(r) : "l"(reinterpret_cast<uint64_t>(x)));
+  return reinterpret_cast<const uint8_t*>(r);
 }
 
 __device__ __forceinline__ float warp_max(float x) {
@@ -216,7 +264,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
   const int L = int(L64);
   const int nblk = (L + ps - 1) / ps;  // logical pages holding tokens < L
 
-  int2* list = reinterpret_cast<int2*>(smem + Tr::kListOffset);  // {physical page, valid tokens}
+  // {first cache row of the page (row of [num_pages * Hkv * page_size]), valid tokens}
+  uint2* list = reinterpret_cast<uint2*>(smem + Tr::kListOffset);
   uint32_t* masks = reinterpret_cast<uint32_t*>(smem + Tr::kMiscOffset);
   int* scan = reinterpret_cast<int*>(masks + Tr::kWarps * Tr::kStages);
   float* sm_m = reinterpret_cast<float*>(scan + Tr::kWarps);
@@ -227,7 +276,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
     const int32_t phys = pt_row[c];
     const bool ok = phys >= 0 && int64_t(phys) < p.num_pages;
     const int rem = L - c * ps;
-    return make_int2(ok ? phys : 0, ok ? (rem < ps ? rem : ps) : 0);
+    // < 2^32 rows: checked by the handler (num_pages * Hkv * page_size <= 2^32 - 1)
+    const uint32_t row0 = ok ? uint32_t((int64_t(phys) * Hkv + kvh) * ps) : 0u;
+    return make_uint2(row0, ok ? uint32_t(rem < ps ? rem : ps) : 0u);
   };
 
   // ---- 1. the split's page list
@@ -324,23 +375,60 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
   uint32_t qf[kD / 16][4];
   {
     const Elem* q = static_cast<const Elem*>(p.q) + row0 * kD;
+    if constexpr (!Tr::kFp8) {
 #pragma unroll
-    for (int ks = 0; ks < kD / 16; ++ks)
+      for (int ks = 0; ks < kD / 16; ++ks)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int row = g + (r & 1) * 8;
-        const int col = ks * 16 + (r >> 1) * 8 + 2 * t;
-        qf[ks][r] = row < nh ? *reinterpret_cast<const uint32_t*>(q + row * kD + col) : 0u;
-      }
+        for (int r = 0; r < 4; ++r) {
+          const int row = g + (r & 1) * 8;
+          const int col = ks * 16 + (r >> 1) * 8 + 2 * t;
+          qf[ks][r] = row < nh ? *reinterpret_cast<const uint32_t*>(q + row * kD + col) : 0u;
+        }
+    } else {
+      // fp8: head_dim permuted to match the K fragments built from 16 contiguous fp8
+      // bytes (see the QK^T loop): k-step ks = 4j + s takes, for lane quad t, the
+      // columns d0 = 64j + 16t + 4s .. d0 + 3 as a0 = {d0, d0 + 2}, a2 = {d0 + 1, d0 + 3}.
+#pragma unroll
+      for (int j = 0; j < kD / 64; ++j)
+#pragma unroll
+        for (int s4 = 0; s4 < 4; ++s4)
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int row = g + rr * 8;
+            const int d0 = 64 * j + 16 * t + 4 * s4;
+            const uint2 w = row < nh ? *reinterpret_cast<const uint2*>(q + row * kD + d0) : make_uint2(0u, 0u);
+            qf[4 * j + s4][rr] = __byte_perm(w.x, w.y, 0x5410);
+            qf[4 * j + s4][2 + rr] = __byte_perm(w.x, w.y, 0x7632);
+          }
+    }
   }
+  const float scale_log2 = a.scale_log2;
 
   // ---- 3. per-warp pipeline over 16-row groups w, w+4, ...
-  const int nv = n * ps;                         // virtual rows of the list (< 2^31)
+  const int nv = n * ps;                         // virtual rows of the list (<= 2^30)
   const int ng = (nv + Tr::kKeys - 1) / Tr::kKeys;
   const int nit = ng > warp ? (ng - warp + Tr::kWarps - 1) / Tr::kWarps : 0;
   uint8_t* wbase = smem + warp * Tr::kWarpBytes;
-  const uint8_t* kbase = static_cast<const uint8_t*>(p.k_cache);
-  const uint8_t* vbase = static_cast<const uint8_t*>(p.v_cache);
+
+  // Copies: lane copies chunk cc of rows rsub + j * kRowsPerPass (whole rows per
+  // instruction: coalesced). Each lane resolves row (lane & 15) of the group and
+  // the copying lanes fetch its cache row index by shuffle.
+  const int cc = lane % Tr::kChunksPerRow;
+  const int rsub = lane / Tr::kChunksPerRow;
+  // (opaque to the compiler, which would otherwise re-add the cache base to every address)
+  const uint8_t* kl = opaque(static_cast<const uint8_t*>(p.k_cache) + cc * 16);
+  const uint8_t* vl = opaque(static_cast<const uint8_t*>(p.v_cache) + cc * 16);
+  uint32_t dof[Tr::kLoadsPerLane];  // stage offsets of this lane's K chunks (V: + kKeys rows)
+#pragma unroll
+  for (int j = 0; j < Tr::kLoadsPerLane; ++j) {
+    const int row = rsub + j * Tr::kRowsPerPass;
+    dof[j] = uint32_t(row * Tr::kRowBytes + ((cc ^ Tr::swz(row)) * 16));
+  }
+
+  // base + ri * kRowBytes as one IMAD.WIDE (a compile-time kRowBytes becomes shifts + 64-bit adds)
+  auto row_addr = [&](const uint8_t* base, uint32_t ri) {
+    return base + uint64_t(ri) * a.row_bytes;
+  };
 
   auto issue = [&](int it, int st) {
     const int gi = warp + Tr::kWarps * it;
@@ -350,32 +438,48 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
       uint32_t rowidx = 0;  // row of [num_pages * Hkv * page_size] (< 2^32, checked by the handler)
       bool valid = false;
       if (v < nv) {
-        const int i = v / ps;
+        const int i = int((uint64_t(uint32_t(v)) * a.ps_mul) >> a.ps_shift);  // v / ps
         const int off = v - i * ps;
-        const int2 e = list[i];
-        if (off < e.y) {
+        const uint2 e = list[i];
+        if (off < int(e.y)) {
           valid = true;
-          rowidx = uint32_t((int64_t(e.x) * Hkv + kvh) * ps + off);
+          rowidx = e.x + uint32_t(off);
         }
       }
       mask = __ballot_sync(0xffffffffu, valid) & 0xffffu;
-      const uint32_t sk = smem_u32(wbase + st * Tr::kStageBytes);
-      const uint32_t sv = sk + Tr::kKeys * Tr::kRowBytes;
-      const int c = lane % Tr::kChunksPerRow;
+      // An all-invalid group is never read: no copy (and no address into a cache that
+      // may have no page at all). Otherwise invalid rows zero-fill from row 0's
+      // address (a valid row exists, so the cache has one).
+      if (mask != 0) {
+        const uint32_t sk = smem_u32(wbase + st * Tr::kStageBytes);
+        const uint32_t mrow = mask >> rsub;  // bit j * kRowsPerPass: row j of this lane valid
 #pragma unroll
-      for (int j = 0; j < Tr::kLoadsPerLane; ++j) {
-        const int row = lane / Tr::kChunksPerRow + j * Tr::kRowsPerPass;
-        const uint32_t ri = __shfl_sync(0xffffffffu, rowidx, row);
-        const bool ok = (mask >> row) & 1u;
-        const uint64_t off = uint64_t(ri) * Tr::kRowBytes + c * 16;
-        const uint32_t dst = row * Tr::kRowBytes + ((c ^ (row & Tr::kSwz)) * 16);
-        cp_async_16(sk + dst, ok ? kbase + off : kbase, ok ? 16 : 0);
-        cp_async_16(sv + dst, ok ? vbase + off : vbase, ok ? 16 : 0);
+        for (int j = 0; j < Tr::kLoadsPerLane; ++j) {
+          const uint32_t ri = __shfl_sync(0xffffffffu, rowidx, rsub + j * Tr::kRowsPerPass);
+          const bool zero = !((mrow >> (j * Tr::kRowsPerPass)) & 1u);
+          cp_async_16_zfill(sk + dof[j], row_addr(kl, ri), zero);
+          cp_async_16_zfill(sk + dof[j] + Tr::kKeys * Tr::kRowBytes, row_addr(vl, ri), zero);
+        }
       }
     }
     if (lane == 0) masks[warp * Tr::kStages + st] = mask;
     cp_async_commit();
   };
+
+  // fp8 fragment loads (stage offsets): K rows g (+8), chunks 4j + t; V rows
+  // 2t + x (+8), bytes [g * kD / 8, +kD / 8). Rows r and r + 8 swizzle alike.
+  [[maybe_unused]] uint32_t koff[kD / 64];
+  [[maybe_unused]] uint32_t voff[2];
+  if constexpr (Tr::kFp8) {
+#pragma unroll
+    for (int j = 0; j < kD / 64; ++j) koff[j] = uint32_t(g * Tr::kRowBytes + (((4 * j + t) ^ Tr::swz(g)) * 16));
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const int r = 2 * t + x;
+      const int byte = g * (kD / 8);
+      voff[x] = uint32_t(Tr::kKeys * Tr::kRowBytes + r * Tr::kRowBytes + (((byte / 16) ^ Tr::swz(r)) * 16) + byte % 16);
+    }
+  }
 
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8 (log2 units)
   float l_run[2] = {0.0f, 0.0f};            // thread-partial sums
@@ -401,31 +505,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
       __syncwarp();
       continue;
     }
-    const uint8_t* kt = stage;
-    const uint8_t* vt = stage + Tr::kKeys * Tr::kRowBytes;
-    if constexpr (Tr::kFp8) {
-      uint8_t* ck = wbase + Tr::kStages * Tr::kStageBytes;
-      uint8_t* cv = ck + Tr::kKeys * Tr::kOpRowBytes;
-#pragma unroll
-      for (int j = 0; j < Tr::kLoadsPerLane; ++j) {
-        const int q = lane + 32 * j;
-        const int r = q % Tr::kKeys, c = q / Tr::kKeys;
-        const int src = r * Tr::kRowBytes + ((c ^ (r & Tr::kSwz)) * 16);
-        const int d0 = r * Tr::kOpRowBytes + (((2 * c) ^ (r & 7)) * 16);
-        const int d1 = r * Tr::kOpRowBytes + (((2 * c + 1) ^ (r & 7)) * 16);
-        uint4 o0, o1;
-        convert_fp8x16<Elem>(*reinterpret_cast<const uint4*>(kt + src), o0, o1);
-        *reinterpret_cast<uint4*>(ck + d0) = o0;
-        *reinterpret_cast<uint4*>(ck + d1) = o1;
-        convert_fp8x16<Elem>(*reinterpret_cast<const uint4*>(vt + src), o0, o1);
-        *reinterpret_cast<uint4*>(cv + d0) = o0;
-        *reinterpret_cast<uint4*>(cv + d1) = o1;
-      }
-      __syncwarp();
-      kt = ck;
-      vt = cv;
-    }
-    const uint32_t kt_s = smem_u32(kt), vt_s = smem_u32(vt);
 
     // S = Q K^T: two n8 tiles (keys 0-7, 8-15); even / odd k-steps in separate accumulators.
     float sacc[2][2][4];
@@ -435,44 +514,78 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
       for (int y = 0; y < 2; ++y)
 #pragma unroll
         for (int e = 0; e < 4; ++e) sacc[x][y][e] = 0.0f;
-    {
+    if constexpr (!Tr::kFp8) {
+      const uint32_t kt_s = smem_u32(stage);
       const int row = (lane & 7) + ((lane >> 4) << 3);
       const int csel = (lane >> 3) & 1;
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
         uint32_t kb[4];
         const int c = 2 * ks + csel;
-        ldmatrix_x4(kb, kt_s + row * Tr::kOpRowBytes + ((c ^ (row & 7)) * 16));
+        ldmatrix_x4(kb, kt_s + row * Tr::kRowBytes + ((c ^ Tr::swz(row)) * 16));
         Mma<Elem>::run(sacc[ks & 1][0], qf[ks], kb[0], kb[1]);
         Mma<Elem>::run(sacc[ks & 1][1], qf[ks], kb[2], kb[3]);
       }
+    } else {
+      // B fragment of n-tile nt (key n = 8 nt + g): one 16-byte load of the key's fp8
+      // bytes [64j + 16t, +16) holds b0 / b1 of 4 k-steps (word s: b0 = bytes 0, 2,
+      // b1 = bytes 1, 3 = columns d0 + {0, 2} / d0 + {1, 3} of Q's fragments).
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int j = 0; j < kD / 64; ++j) {
+          const uint4 kr = *reinterpret_cast<const uint4*>(stage + koff[j] + nt * 8 * Tr::kRowBytes);
+          const uint32_t w[4] = {kr.x, kr.y, kr.z, kr.w};
+#pragma unroll
+          for (int s4 = 0; s4 < 4; ++s4) {
+            uint32_t b0, b1;
+            fp8x4<Elem>(w[s4], b0, b1);
+            Mma<Elem>::run(sacc[s4 & 1][nt], qf[4 * j + s4], b0, b1);
+          }
+        }
     }
     // Online softmax (base 2). sacc[.][nt][e]: row g + 8*(e>>1), key nt*8 + 2t + (e&1).
     float sc[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[nt][e] = (sacc[0][nt][e] + sacc[1][nt][e]) * scale_log2;
+    if (mask != 0xffffu) {  // warp-uniform: a partial group (page or sequence end)
+      const uint32_t mk = mask >> (2 * t);  // bits 0, 1, 8, 9: this lane's keys
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (!((mk >> (nt * 8 + (e & 1))) & 1u)) sc[nt][e] = -INFINITY;
+    }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = nt * 8 + 2 * t + (e & 1);
-        const float x = (sacc[0][nt][e] + sacc[1][nt][e]) * a.scale_log2;
-        sc[nt][e] = (mask >> key) & 1u ? x : -INFINITY;
-        mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
-      }
-    float m_use[2];
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+    float m_use[2], alpha[2];
+    bool grew = false;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       const float m_new = fmaxf(m_run[r], mx[r]);
       m_use[r] = m_new == -INFINITY ? 0.0f : m_new;
-      const float alpha = exp2f(m_run[r] - m_use[r]);
+      grew |= m_new != m_run[r];
+      alpha[r] = exp2f(m_run[r] - m_use[r]);
       m_run[r] = m_new;
-      l_run[r] *= alpha;
+    }
+    // Rescale only when some row's max moved (else alpha == exp2(0) == 1): after the
+    // first groups of a long sequence this skips 2 * kD / 8 multiplies per lane.
+    if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-      for (int j = 0; j < kD / 8; ++j) {
-        oacc[j][2 * r] *= alpha;
-        oacc[j][2 * r + 1] *= alpha;
+      for (int r = 0; r < 2; ++r) {
+        l_run[r] *= alpha[r];
+#pragma unroll
+        for (int j = 0; j < kD / 8; ++j) {
+          oacc[j][2 * r] *= alpha[r];
+          oacc[j][2 * r + 1] *= alpha[r];
+        }
       }
     }
     uint32_t pa[4];
@@ -487,17 +600,50 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
       pa[2 * nt] = Mma<Elem>::pack(pv[0], pv[1]);      // row g
       pa[2 * nt + 1] = Mma<Elem>::pack(pv[2], pv[3]);  // row g + 8
     }
-    // O += P V: pairs of n8 d-tiles per ldmatrix.x4.trans.
-    {
+    // O += P V
+    if constexpr (!Tr::kFp8) {
+      // pairs of n8 d-tiles per ldmatrix.x4.trans
+      const uint32_t vt_s = smem_u32(stage + Tr::kKeys * Tr::kRowBytes);
       const int row = (lane & 7) + (((lane >> 3) & 1) << 3);
       const int csel = lane >> 4;
 #pragma unroll
       for (int jp = 0; jp < kD / 16; ++jp) {
         uint32_t vb[4];
         const int c = 2 * jp + csel;
-        ldmatrix_x4_trans(vb, vt_s + row * Tr::kOpRowBytes + ((c ^ (row & 7)) * 16));
+        ldmatrix_x4_trans(vb, vt_s + row * Tr::kRowBytes + ((c ^ Tr::swz(row)) * 16));
         Mma<Elem>::run(oacc[2 * jp], pa, vb[0], vb[1]);
         Mma<Elem>::run(oacc[2 * jp + 1], pa, vb[2], vb[3]);
+      }
+    } else {
+      // B fragment (k = key, n = d): lane (g, t) needs keys 2t, 2t+1 (b0) and 2t+8, 2t+9
+      // (b1) at its column n = g of every n8 tile. It loads bytes [g * kD/8, +kD/8) of
+      // those 4 keys: tile i = 4q + e, column g is d = g * kD/8 + i (the epilogue undoes
+      // it). Word q of keys (a, b) -> {a.0, a.1, b.0, b.1} / {a.2, a.3, b.2, b.3}, whose
+      // even / odd pairs are the b registers of tiles 4q + 0 / 1 and 4q + 2 / 3.
+      constexpr int kW = kD / 32;  // words per key
+      uint32_t vw[4][kW];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const uint8_t* src = stage + voff[x & 1] + (x >> 1) * 8 * Tr::kRowBytes;
+        if constexpr (kW == 4) {
+          const uint4 r4 = *reinterpret_cast<const uint4*>(src);
+          vw[x][0] = r4.x, vw[x][1] = r4.y, vw[x][2] = r4.z, vw[x][3] = r4.w;
+        } else {
+          const uint2 r2 = *reinterpret_cast<const uint2*>(src);
+          vw[x][0] = r2.x, vw[x][1] = r2.y;
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kW; ++q) {
+        uint32_t e01a, o01a, e01b, o01b, e23a, o23a, e23b, o23b;
+        fp8x4<Elem>(__byte_perm(vw[0][q], vw[1][q], 0x5410), e01a, o01a);
+        fp8x4<Elem>(__byte_perm(vw[0][q], vw[1][q], 0x7632), e01b, o01b);
+        fp8x4<Elem>(__byte_perm(vw[2][q], vw[3][q], 0x5410), e23a, o23a);
+        fp8x4<Elem>(__byte_perm(vw[2][q], vw[3][q], 0x7632), e23b, o23b);
+        Mma<Elem>::run(oacc[4 * q + 0], pa, e01a, e23a);
+        Mma<Elem>::run(oacc[4 * q + 1], pa, o01a, o23a);
+        Mma<Elem>::run(oacc[4 * q + 2], pa, e01b, e23b);
+        Mma<Elem>::run(oacc[4 * q + 3], pa, o01b, o23b);
       }
     }
     __syncwarp();
@@ -541,6 +687,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
       *reinterpret_cast<float2*>(dst + j * 8 + 2 * t) = make_float2(oacc[j][2 * r] * f, oacc[j][2 * r + 1] * f);
   }
   __syncthreads();
+  // epi column c of a warp's row is tile c / 8, C-fragment column c % 8: d = c (16-bit
+  // caches) or (c % 8) * kD/8 + c / 8 (fp8's permuted V columns).
+  auto out_col = [](int c) { return Tr::kFp8 ? (c % 8) * (kD / 8) + c / 8 : c; };
   for (int i = tid; i < Tr::kHeads * kD / 4; i += kThreads) {
     const int row = (i * 4) / kD, col = (i * 4) % kD;
     if (row >= nh) continue;
@@ -553,14 +702,17 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
       acc.z += x.z;
       acc.w += x.w;
     }
+    const float v4[4] = {acc.x, acc.y, acc.z, acc.w};
     if (direct) {
-      Elem* o = static_cast<Elem*>(p.o) + (row0 + row) * kD + col;
-      o[0] = Mma<Elem>::from_float(acc.x);
-      o[1] = Mma<Elem>::from_float(acc.y);
-      o[2] = Mma<Elem>::from_float(acc.z);
-      o[3] = Mma<Elem>::from_float(acc.w);
-    } else {
+      Elem* o = static_cast<Elem*>(p.o) + (row0 + row) * kD;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) o[out_col(col + k)] = Mma<Elem>::from_float(v4[k]);
+    } else if constexpr (!Tr::kFp8) {
       *reinterpret_cast<float4*>(a.o_part + ((row0 + row) * S + s) * kD + col) = acc;
+    } else {
+      float* op = a.o_part + ((row0 + row) * S + s) * kD;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) op[out_col(col + k)] = v4[k];
     }
   }
   if (tid < nh) {
