@@ -17,9 +17,10 @@ __all__ = ["sparse_prefill"]
 
 # GPU pass schedule (mirror of cuda/sparse_prefill/sparse_prefill.h): queries are
 # processed in passes of q_chunk rows so that the per-slot partial O of one pass
-# stays within 1 GiB; the scratch output holds one pass's CSR lists, work list
-# and partials. Shapes only. MSA_JAX_SPARSE_PREFILL_Q_CHUNK overrides q_chunk
-# (tests use it to force several passes).
+# stays within 2 GiB (fewer passes: each has a fixed cost); the scratch output
+# holds one pass's bitmaps, look-back state, work list and partials. Shapes only.
+# MSA_JAX_SPARSE_PREFILL_Q_CHUNK overrides q_chunk (tests use it to force several
+# passes).
 def _a256(x: int) -> int:
     return -(-x // 256) * 256
 
@@ -32,8 +33,8 @@ def sparse_prefill_q_chunk(T: int, Hq: int, D: int, K: int) -> int:
     env = os.environ.get("MSA_JAX_SPARSE_PREFILL_Q_CHUNK")
     if env:
         return max(1, int(env))
-    per_q = Hq * K * (D * 2 + 4)
-    c = max(32, (2**30 // per_q) // 32 * 32)
+    per_q = Hq * K * D * 2
+    c = max(32, (2**31 // per_q) // 32 * 32)
     return max(1, min(T, c))
 
 

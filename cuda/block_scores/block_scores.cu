@@ -1,11 +1,14 @@
-// Launcher of msa_block_scores: picks the kernel instance ({bf16, fp16} q_idx
-// x {same dtype, fp8 e4m3} keys x head_dim {64, 128}) and a grid that depends
-// on shapes and attributes only (CUDA-graph safe: no host sync, no allocation).
+// Launcher of msa_block_scores: picks the kernel (prefill-shaped, or
+// decode-shaped when requests have few rows) and its instance ({bf16, fp16}
+// q_idx x {same dtype, fp8 e4m3} keys x head_dim {64, 128}) and a grid that
+// depends on shapes and attributes only (CUDA-graph safe: no host sync, no
+// allocation).
 #include <algorithm>
 #include <cmath>
 
 #include "cuda/block_scores/block_scores.h"
 #include "cuda/block_scores/block_scores_kernel.cuh"
+#include "cuda/block_scores/decode_scores_kernel.cuh"
 
 namespace msa::cuda {
 
@@ -53,11 +56,53 @@ cudaError_t launch(const BlockScoresParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// Decode-shaped batches (few rows per request, see uses_decode_kernel):
+// grid (request, chunk of whole blocks). Chunks are a multiple of the 4 warps
+// (a warp owns whole blocks) sized for ~16 waves of kMinBlocks CTAs per SM:
+// short CTAs balance the memory traffic over the SMs better than few long
+// ones (B=8 x 1M fp8 keys on an H200: ~4% faster than 4 waves).
+template <class Tr>
+cudaError_t launch_decode(const BlockScoresParams& p, cudaStream_t stream) {
+  namespace ds = block_scores::decode_shaped;
+  constexpr int64_t kWaves = 16;
+  ds::DecodeArgs a{};
+  a.p = p;
+  const int64_t target = kWaves * Tr::kMinBlocks * num_sms();
+  const int64_t want = std::max<int64_t>(1, (target + p.batch - 1) / p.batch);
+  int64_t cb = (p.num_blocks + want - 1) / want;
+  cb = std::max<int64_t>(cb, (p.num_blocks + 65534) / 65535);  // gridDim.y <= 65535
+  cb = (cb + Tr::kWarps - 1) / Tr::kWarps * Tr::kWarps;
+  const int64_t chunks = (p.num_blocks + cb - 1) / cb;
+  a.chunk_blocks = cb;
+  const float s = p.scale * p.k_scale;
+  a.out_scale = std::fabs(s);
+  a.negate_q = s < 0.0f;
+  if (p.batch < 1 || p.batch > 0x7fffffff) return cudaErrorInvalidValue;
+
+  auto kernel = ds::decode_scores_kernel<Tr>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  dim3 grid(unsigned(p.batch), unsigned(chunks)), block(Tr::kThreads);
+  kernel<<<grid, block, Tr::kSmemBytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// Static (shapes only, CUDA-graph safe): at most 16 flattened (token, head)
+// rows per request on average, e.g. decode (T == B) with H <= 16. The decode
+// kernel is correct for any runtime q_indptr, just slower for long requests.
+bool uses_decode_kernel(const BlockScoresParams& p) { return p.total_q * p.heads <= 16 * p.batch; }
+
 template <class Elem, bool kFp8K>
 cudaError_t launch_dim(const BlockScoresParams& p, cudaStream_t stream) {
+  namespace ds = block_scores::decode_shaped;
+  const bool dec = uses_decode_kernel(p);
   switch (p.head_dim) {
-    case 64: return launch<KernelTraits<Elem, kFp8K, 64>>(p, stream);
-    case 128: return launch<KernelTraits<Elem, kFp8K, 128>>(p, stream);
+    case 64:
+      return dec ? launch_decode<ds::Traits<Elem, kFp8K, 64>>(p, stream)
+                 : launch<KernelTraits<Elem, kFp8K, 64>>(p, stream);
+    case 128:
+      return dec ? launch_decode<ds::Traits<Elem, kFp8K, 128>>(p, stream)
+                 : launch<KernelTraits<Elem, kFp8K, 128>>(p, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -30,22 +30,28 @@ struct PassView {
   int32_t* len;   // [B] clipped kv length
   int32_t* boff;  // [B+1] global block offsets (clipped to total_blocks)
   // Per pass.
-  int32_t* counts;    // [N]
-  int32_t* offsets;   // [N+1]
-  uint32_t* bitmap;   // [N, W]
-  int32_t* entries;   // [E]
-  int32_t* num_work;  // [1]
-  WorkItem* work;     // [WI]
-  float* part_lse;    // [Tc, Hq, K]
-  void* part_o;       // [Tc, Hq, K, D]
+  uint64_t* tile_state;  // [n_tiles] look-back state of scan_fill (reset by mark)
+  int32_t* ticket;       // [1] scan_fill tile order (reset by mark)
+  uint32_t* bitmap;      // [N, W] (zero between passes)
+  int32_t* entries;      // [E]
+  int32_t* num_work;     // [1]
+  WorkItem* work;        // [WI]
+  float* part_lse;       // [Tc, Hq, K]
+  void* part_o;          // [Tc, Hq, K, D]
   int64_t n_lists, words, work_items, rows_per_item;
+  int64_t lists_per_tile, n_tiles;  // scan_fill tiles: consecutive lists
+  int64_t entry_cap;                // E of the scratch (bound of entries)
   int64_t t0, tc;  // this pass: rows [t0, t0 + tc)
 };
 
 int num_sms();
 
+// Scan_fill tiling of the lists (host side, shapes only): lists_per_tile, n_tiles.
+void csr_tiles(int64_t n_lists, int64_t words, int64_t* lists_per_tile, int64_t* n_tiles);
+
+// setup kernel + bitmap memset (once per call).
 cudaError_t launch_setup(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
-// memset + mark + scan + fill of one pass.
+// mark + scan_fill of one pass.
 cudaError_t launch_csr(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 cudaError_t launch_combine(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);

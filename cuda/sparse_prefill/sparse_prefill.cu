@@ -1,5 +1,6 @@
-// Launcher of msa_sparse_prefill: the setup kernel, then per pass of q_chunk
-// query rows the CSR build, the main kernel and the combine (sparse_prefill.h).
+// Launcher of msa_sparse_prefill: the setup, then per pass of q_chunk query
+// rows the CSR build (mark, scan_fill), the main kernel and the combine
+// (sparse_prefill.h).
 // The number of passes and every grid depend on shapes and attributes only.
 #include "cuda/sparse_prefill/internal.h"
 
@@ -21,6 +22,10 @@ cudaError_t launch_sparse_prefill(const SparsePrefillParams& p, cudaStream_t str
   const SparsePrefillScratch s = sparse_prefill_scratch_layout(p.tokens, p.q_heads, p.kv_heads, p.head_dim, p.topk,
                                                                p.total_blocks, p.q_chunk, p.batch);
   if (s.total < 0 || s.total > p.scratch_bytes) return cudaErrorInvalidValue;
+  // The CSR kernels index entries, work items and bitmap words with 32 bits
+  // and pack entry / chunk prefixes in 31 bits each (the FFI handler checks the same).
+  const int64_t lim = int64_t(1) << 31;
+  if (s.n_entries >= lim || s.work_items >= lim || s.n_lists * s.words >= lim) return cudaErrorInvalidValue;
   uint8_t* base = static_cast<uint8_t*>(p.scratch);
   PassView v{};
   int32_t* seq = reinterpret_cast<int32_t*>(base + s.seq);
@@ -28,17 +33,20 @@ cudaError_t launch_sparse_prefill(const SparsePrefillParams& p, cudaStream_t str
   v.kvb = seq + (p.batch + 1);
   v.len = v.kvb + p.batch;
   v.boff = v.len + p.batch;
-  v.counts = reinterpret_cast<int32_t*>(base + s.counts);
-  v.offsets = reinterpret_cast<int32_t*>(base + s.offsets);
+  v.tile_state = reinterpret_cast<uint64_t*>(base + s.tile_state);
   v.bitmap = reinterpret_cast<uint32_t*>(base + s.bitmap);
   v.entries = reinterpret_cast<int32_t*>(base + s.entries);
   v.num_work = reinterpret_cast<int32_t*>(base + s.work);
+  v.ticket = reinterpret_cast<int32_t*>(base + s.work + 128);
   v.work = reinterpret_cast<WorkItem*>(base + s.work + 256);
   v.part_lse = reinterpret_cast<float*>(base + s.part_lse);
   v.part_o = base + s.part_o;
   v.n_lists = s.n_lists;
   v.words = s.words;
   v.rows_per_item = s.rows_per_item;
+  v.entry_cap = s.n_entries;
+  csr_tiles(s.n_lists, s.words, &v.lists_per_tile, &v.n_tiles);
+  if (8 * v.n_tiles > s.bitmap - s.tile_state) return cudaErrorInvalidValue;  // n_tiles <= N: never
   cudaError_t err = launch_setup(p, v, stream);
   if (err != cudaSuccess) return err;
   for (int64_t t0 = 0; t0 < p.tokens; t0 += s.tc) {

@@ -5,30 +5,34 @@
 // fixed sequence of launches over one scratch buffer (no host sync, no
 // allocation, grids from shapes only: CUDA-graph safe):
 //
-//   setup (once per call, 1 CTA): per sequence the clamped query range
-//       qe[b], qe[b+1] (running max of q_indptr, clipped to [0, T]), the dense
-//       KV row base, the clipped kv length L and the global block offset
-//       boff[b] (exclusive scan of ceil(L/bs), clipped to total_blocks).
+//   setup (once per call): 1 CTA computes per sequence the clamped query
+//       range qe[b], qe[b+1] (running max of q_indptr, clipped to [0, T]), the
+//       dense KV row base, the clipped kv length L and the global block offset
+//       boff[b] (exclusive scan of ceil(L/bs), clipped to total_blocks); a
+//       memset clears the bitmaps (each pass's scan_fill clears them again
+//       after reading them, so no pass needs a memset).
 //   per pass (rows [t0, t0 + Tc)):
-//   1 memset   bitmaps and counts of the reverse CSR.
-//   2 mark     a thread per (row, kv head): the distinct valid ids of
-//              block_ids[t, g, :] (first slot wins; -1 / out of range /
-//              repeats / blocks past the causal position skipped) set bit
-//              t_local of bitmap[list] (list = g * total_blocks + boff[b] + c)
-//              and count[list] += 1; skipped slots get partial lse = -inf.
-//   3 scan     1 CTA: entry offsets of the lists, and the work list: each
-//              list is cut into chunks of at most P = 128 / G query rows,
-//              one work item per chunk (g, b, c, entry range).
-//   4 fill     a warp per list: walks the bitmap in order -> entries
-//              (t_local * K + slot), sorted by query row (deterministic).
-//   5 main     a CTA per work item (grid-stride): K/V block (block_size
-//              tokens) -> shared memory once; the P query rows x G heads of
-//              the chunk gathered into the 128 MMA rows; S = Q K^T, causal
-//              mask, softmax within the block, O = P V (mma.sync); writes
-//              the locally normalised partial O [Tc, Hq, K, D] (q dtype) and
-//              its LSE [Tc, Hq, K] (f32, natural log).
-//   6 combine  a warp per (row, head): LSE-weighted sum of the K partials in
-//              slot order -> o, lse.
+//   1 mark       a thread per slot (row, kv head, slot), coalesced: a valid id
+//                (not -1 / out of range / past the causal position, and the
+//                first slot holding it: repeats skipped) sets bit t_local of
+//                bitmap[list] (list = g * total_blocks + boff[b] + c);
+//                skipped slots get partial lse = -inf. Also resets the
+//                look-back state of step 2.
+//   2 scan_fill  a CTA per tile of consecutive lists (about 1024 bitmap words):
+//                entries per list (popcounts), a single-pass scan across tiles
+//                (decoupled look-back, tiles in ticket order; integer sums:
+//                deterministic), then the tile's work items (each list cut into
+//                chunks of at most P = 128 / G query rows: (g, b, c, entry
+//                range)) and entries (t_local * K + slot), sorted by list then
+//                query row. Clears the bitmap words it read.
+//   3 main       a CTA per work item (grid-stride): K/V block (block_size
+//                tokens) -> shared memory once; the P query rows x G heads of
+//                the chunk gathered into the 128 MMA rows; S = Q K^T, causal
+//                mask, softmax within the block, O = P V (mma.sync); writes
+//                the locally normalised partial O [Tc, Hq, K, D] (q dtype) and
+//                its LSE [Tc, Hq, K] (f32, natural log).
+//   4 combine    a warp per (row, head): LSE-weighted sum of the K partials
+//                (fixed order) -> o, lse.
 #pragma once
 
 #include <algorithm>
@@ -41,7 +45,10 @@
 namespace msa::cuda {
 
 constexpr int kSparsePrefillRows = 128;  // MMA M rows per CTA: P query rows x G heads
-constexpr int64_t kSparsePrefillOBudget = int64_t(1) << 30;  // partial-O bytes per pass
+// Partial-O bytes per pass (the partial LSE, 1/(2D) of it, comes on top).
+// Fewer, larger passes: each pass has a fixed cost (launches, CSR build, the
+// main kernel's tail wave), so 2 GiB halves it against 1 GiB.
+constexpr int64_t kSparsePrefillOBudget = int64_t(1) << 31;
 
 struct SparsePrefillParams {
   const void* q;  // [T, Hq, D], kBF16 or kF16
@@ -85,15 +92,15 @@ inline int64_t sparse_prefill_total_blocks(bool paged, int64_t batch, int64_t bl
 }
 
 // Query rows per pass: the partial O of one pass ([Tc, Hq, K, D], 2 bytes)
-// plus its LSE stays within 1 GiB; a multiple of 32, at least 32, at most T
-// (at least 1).
+// stays within 2 GiB; a multiple of 32, at least 32, at most T (at least 1).
+// (At Hq = 64, K = 16, D = 128: 8192 rows, so 32K tokens take 4 passes.)
 // Python mirror:
 //   def q_chunk(T, Hq, D, K):
-//     per_q = Hq * K * (D * 2 + 4)
-//     c = max(32, (2**30 // per_q) // 32 * 32)
+//     per_q = Hq * K * D * 2
+//     c = max(32, (2**31 // per_q) // 32 * 32)
 //     return max(1, min(T, c))
 inline int64_t sparse_prefill_q_chunk(int64_t T, int64_t Hq, int64_t D, int64_t K) {
-  const int64_t per_q = std::max<int64_t>(1, Hq * K * (D * 2 + 4));
+  const int64_t per_q = std::max<int64_t>(1, Hq * K * D * 2);
   const int64_t c = std::max<int64_t>(32, kSparsePrefillOBudget / per_q / 32 * 32);
   return std::max<int64_t>(1, std::min(T, c));
 }
@@ -103,14 +110,14 @@ inline int64_t sparse_prefill_q_chunk(int64_t T, int64_t Hq, int64_t D, int64_t 
 // bitmap words per list, E = Tc * Hkv * K entries, P = 128 / G rows per work
 // item, WI = ceil(E / P) + min(N, E) work items (32 bytes each).
 struct SparsePrefillScratch {
-  int64_t seq = 0;      // int32 qe[B+1], kvb[B], len[B], boff[B+1]
-  int64_t counts = 0;   // int32 [N]
-  int64_t offsets = 0;  // int32 [N + 1]
-  int64_t bitmap = 0;   // uint32 [N, W]
-  int64_t entries = 0;  // int32 [E]
-  int64_t work = 0;     // int32 num_work, then 32-byte items [WI] at +256
-  int64_t part_lse = 0;  // f32 [Tc, Hq, K]
-  int64_t part_o = 0;    // q dtype [Tc, Hq, K, D]
+  int64_t seq = 0;         // int32 qe[B+1], kvb[B], len[B], boff[B+1]
+  int64_t tile_state = 0;  // uint64 look-back state [n_tiles], n_tiles <= N; the region keeps
+                           // the size of the former counts [N] + offsets [N+1]: >= 8 N + 8 bytes
+  int64_t bitmap = 0;      // uint32 [N, W]
+  int64_t entries = 0;     // int32 [E]
+  int64_t work = 0;        // int32 num_work (+0), ticket (+128), then 32-byte items [WI] at +256
+  int64_t part_lse = 0;    // f32 [Tc, Hq, K]
+  int64_t part_o = 0;      // q dtype [Tc, Hq, K, D]
   int64_t total = 0;
   int64_t tc = 0, n_lists = 0, words = 0, n_entries = 0, rows_per_item = 0, work_items = 0;
 };
@@ -133,10 +140,9 @@ inline SparsePrefillScratch sparse_prefill_scratch_layout(int64_t T, int64_t Hq,
   s.rows_per_item = std::max<int64_t>(1, kSparsePrefillRows / G);
   s.work_items = cdiv(s.n_entries, s.rows_per_item) + std::min(s.n_lists, s.n_entries);
   int64_t off = 0;
-  s.seq = off;       off += align256(4 * (4 * B + 2));
-  s.counts = off;    off += align256(4 * s.n_lists);
-  s.offsets = off;   off += align256(4 * (s.n_lists + 1));
-  s.bitmap = off;    off += align256(4 * s.n_lists * s.words);
+  s.seq = off;         off += align256(4 * (4 * B + 2));
+  s.tile_state = off;  off += align256(4 * s.n_lists) + align256(4 * (s.n_lists + 1));
+  s.bitmap = off;      off += align256(4 * s.n_lists * s.words);
   s.entries = off;   off += align256(4 * s.n_entries);
   s.work = off;      off += 256 + align256(32 * s.work_items);
   s.part_lse = off;  off += align256(4 * s.tc * Hq * K);

@@ -4,13 +4,20 @@
 // lives in registers: lane l holds float4 chunks j*32+l (j < V), so every load
 // instruction of the warp reads 512 contiguous bytes. With 16-byte aligned
 // rows, the next item's segment is prefetched with cp.async into a per-warp
-// shared-memory double buffer while the current one is selected (each lane
-// reads back only the chunks it copied itself: no warp barrier needed).
+// shared-memory double buffer while the current one is selected (the exact
+// path reads back only the lane's own chunks; the fast path reads any lane's,
+// after a __syncwarp()).
 // Scores become order-preserving uint32 keys (integer ops only: NaN -> 1,
 // below every number; -0 -> +0; 0 marks "not eligible"); ties are broken by
 // position, and positions are in id order.
 //
-// Selection of the m best keys of a segment:
+// Score segments of >= 1024 blocks (V >= 8) with m <= 32 slots (the usual
+// case) first try select_fast: threshold, compaction and ranking on the
+// staged floats with shared-memory transposes instead of serial shuffle
+// chains (see there); it hands anything it cannot decide with at most 32
+// candidates (ties, NaN, short rows) to the exact selection below.
+//
+// Exact selection of the m best keys of a segment:
 //  1. a lower bound t of the m-th largest key: the m-th largest lane maximum
 //     (m <= 32, bitonic sort across lanes) or of the lane top-2 (m <= 64,
 //     bisection); at least m keys are >= t, so the top m are among them;
@@ -29,6 +36,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <utility>
 
 namespace msa::cuda {
 namespace {
@@ -36,6 +44,42 @@ namespace {
 constexpr int kWarps = 4;   // warps per CTA, each on its own (row, segment)
 constexpr int kCap = 64;    // candidates ranked in shared memory
 constexpr unsigned kFull = 0xffffffffu;
+
+// Division by a runtime constant d >= 1 (heads, block_size, splits): multiply
+// and shifts for 32-bit dividends (q = (t + ((n - t) >> sh1)) >> sh2 with
+// t = umulhi(n, mul), Granlund-Montgomery), 64-bit division otherwise. The
+// constants come from the launcher (shapes only).
+struct FastDiv {
+  int64_t d = 1;
+  uint32_t mul = 1, sh1 = 0, sh2 = 0;
+  bool ok = true;  // d < 2^32
+};
+inline FastDiv make_fastdiv(int64_t d) {
+  FastDiv f;
+  f.d = d < 1 ? 1 : d;
+  if (uint64_t(f.d) >> 32) {
+    f.ok = false;
+    return f;
+  }
+  uint32_t l = 0;
+  while ((uint64_t(1) << l) < uint64_t(f.d)) ++l;  // ceil(log2 d) <= 32
+  f.mul = uint32_t((((uint64_t(1) << l) - uint64_t(f.d)) << 32) / uint64_t(f.d) + 1);
+  f.sh1 = l < 1 ? l : 1;
+  f.sh2 = l > 1 ? l - 1 : 0;
+  return f;
+}
+__device__ __forceinline__ uint32_t fdiv32(uint32_t n, const FastDiv& f) {
+  if (!f.ok) return 0u;  // d >= 2^32 > n
+  const uint32_t t = __umulhi(n, f.mul);
+  return (t + ((n - t) >> f.sh1)) >> f.sh2;
+}
+__device__ __forceinline__ int64_t fdiv(int64_t n, const FastDiv& f) {  // n >= 0
+  if (f.ok && (uint64_t(n) >> 32) == 0) {
+    const uint32_t u = uint32_t(n), t = __umulhi(u, f.mul);
+    return int64_t((t + ((u - t) >> f.sh1)) >> f.sh2);
+  }
+  return n / f.d;
+}
 
 struct RoundArgs {
   // input: round 0 reads scores, later rounds candidates of the previous one
@@ -46,6 +90,7 @@ struct RoundArgs {
   int64_t n;                 // elements per row in this round
   int64_t seg;               // elements per segment (multiple of 4)
   int64_t splits;            // segments per row
+  int64_t items;             // rows * splits
   // output
   bool final_out;
   int32_t* ids;              // [rows, k] (final round)
@@ -58,6 +103,7 @@ struct RoundArgs {
   int64_t rows, tokens, heads, batch, nb, k, local, sink, block_size;
   int64_t kv_cap;            // kv_lens are clipped to [0, kv_cap = nb * block_size]
   bool causal;
+  FastDiv heads_div, bs_div, splits_div;
 };
 
 // Order-preserving key of a number (no NaN): positives u | 2^31, negatives -u
@@ -83,10 +129,18 @@ __device__ __forceinline__ int64_t div_s64(int64_t a, int64_t b) {  // a >= 0, b
   return a / b;
 }
 
+// n / block_size (FD: the launcher's multiply-shift constants).
+template <bool FD>
+__device__ __forceinline__ int64_t div_bs(const RoundArgs& a, int64_t n) {
+  if constexpr (FD) return fdiv(n, a.bs_div);
+  else return div_s64(n, a.block_size);
+}
+
 // Number of visible blocks of the row of query token t (same value in every
 // lane). Sequence b of row t: b = f - 1 where f is the first index with
 // q_indptr[f] > t; this equals the clamped, made-monotone q_indptr of the CPU
 // handlers (ffi/common/sequences.h) for any device data.
+template <bool FD>
 __device__ __forceinline__ int64_t row_nvis(const RoundArgs& a, int64_t t, int lane) {
   int64_t f = -1;
   int pmax = INT_MIN;  // max of q_indptr[0..f)
@@ -108,17 +162,17 @@ __device__ __forceinline__ int64_t row_nvis(const RoundArgs& a, int64_t t, int l
   const int64_t hi = min(int64_t(a.q_indptr[f]), a.tokens);         // > t
   const int64_t q_len = hi - lo, i = t - lo;
   const int64_t L = min(max(int64_t(a.kv_lens[b]), int64_t(0)), a.kv_cap);
-  const int64_t bs = a.block_size;
-  int64_t nvis = L == 0 ? 0 : div_s64(L - 1, bs) + 1;  // ceil(L / bs), no overflow
+  int64_t nvis = L == 0 ? 0 : div_bs<FD>(a, L - 1) + 1;  // ceil(L / bs), no overflow
   if (a.causal) {
     const int64_t pos = L - q_len + i;
-    nvis = pos < 0 ? 0 : min(nvis, div_s64(pos, bs) + 1);
+    nvis = pos < 0 ? 0 : min(nvis, div_bs<FD>(a, pos) + 1);
   }
   return min(nvis, a.nb);
 }
 
 // row_nvis for batch < 32 from lane registers ind = q_indptr[lane] (lane <=
 // batch, else INT_MIN) and len = kv_lens[lane] (lane < batch): same result.
+template <bool FD>
 __device__ __forceinline__ int64_t row_nvis_small(const RoundArgs& a, int64_t t, int lane, int ind,
                                                   int len) {
   const bool in = lane <= int(a.batch);
@@ -129,17 +183,31 @@ __device__ __forceinline__ int64_t row_nvis_small(const RoundArgs& a, int64_t t,
   const int hi_v = __shfl_sync(kFull, ind, f);
   const int len_b = __shfl_sync(kFull, len, max(f - 1, 0));
   if (f <= 0) return 0;  // row before the first sequence
-  const int64_t lo = max(int64_t(pmax), int64_t(0));
-  const int64_t hi = min(int64_t(hi_v), a.tokens);
-  const int64_t q_len = hi - lo, i = t - lo;
-  const int64_t L = min(max(int64_t(len_b), int64_t(0)), a.kv_cap);
-  const int64_t bs = a.block_size;
-  int64_t nvis = L == 0 ? 0 : div_s64(L - 1, bs) + 1;
-  if (a.causal) {
-    const int64_t pos = L - q_len + i;
-    nvis = pos < 0 ? 0 : min(nvis, div_s64(pos, bs) + 1);
+  if constexpr (FD) {
+    // 32-bit: lo <= t < hi <= INT_MAX (int32 q_indptr), 0 <= L <= INT_MAX and
+    // L - q_len <= pos = L - q_len + i < L.
+    const int lo = max(pmax, 0);
+    const int hi = int(min(int64_t(hi_v), a.tokens));
+    const int q_len = hi - lo, i = int(t) - lo;
+    const int L = int(min(int64_t(max(len_b, 0)), a.kv_cap));
+    int nvis = L == 0 ? 0 : int(fdiv32(uint32_t(L - 1), a.bs_div)) + 1;
+    if (a.causal) {
+      const int pos = L - q_len + i;
+      nvis = pos < 0 ? 0 : min(nvis, int(fdiv32(uint32_t(pos), a.bs_div)) + 1);
+    }
+    return min(int64_t(nvis), a.nb);
+  } else {
+    const int64_t lo = max(int64_t(pmax), int64_t(0));
+    const int64_t hi = min(int64_t(hi_v), a.tokens);
+    const int64_t q_len = hi - lo, i = t - lo;
+    const int64_t L = min(max(int64_t(len_b), int64_t(0)), a.kv_cap);
+    int64_t nvis = L == 0 ? 0 : div_bs<FD>(a, L - 1) + 1;
+    if (a.causal) {
+      const int64_t pos = L - q_len + i;
+      nvis = pos < 0 ? 0 : min(nvis, div_bs<FD>(a, pos) + 1);
+    }
+    return min(nvis, a.nb);
   }
-  return min(nvis, a.nb);
 }
 
 // Emits, in ascending position order, the elements whose flag is set:
@@ -183,8 +251,10 @@ __device__ __forceinline__ int warp_count_ge(const uint32_t (&key)[V][4], uint32
   return int(__reduce_add_sync(kFull, unsigned(cnt)));
 }
 
-// Per-warp shared memory of the selection.
-struct WarpSmem {
+// Per-warp shared memory of the selection. The fast path (select_fast) reuses
+// bits as its candidate masks and pre as its candidate keys [0, 32) and
+// positions [32, 64).
+struct __align__(16) WarpSmem {
   uint2 cand[kCap];  // (key, position) of the compacted candidates
   uint32_t bits[64];  // chosen positions (segments <= 2048)
   int pre[64];        // chosen positions before word w
@@ -359,10 +429,158 @@ __device__ __forceinline__ void select_top(const uint32_t (&key)[V][4], int m, i
   }
 }
 
+// Rank of key k (lane `lane`) among the 32 keys[0..32): larger keys, plus equal
+// keys of lower lanes (so the ranks are 0..31, each once). All 32 lanes call it.
+__device__ __forceinline__ int warp_rank(const uint32_t* keys, uint32_t k, int lane) {
+  uint32_t gt = 0u;
+#pragma unroll
+  for (int g = 0; g < 8; ++g) {
+    const uint4 v = *reinterpret_cast<const uint4*>(&keys[4 * g]);
+    gt |= (v.x > k ? 1u : 0u) << (4 * g);
+    gt |= (v.y > k ? 1u : 0u) << (4 * g + 1);
+    gt |= (v.z > k ? 1u : 0u) << (4 * g + 2);
+    gt |= (v.w > k ? 1u : 0u) << (4 * g + 3);
+  }
+  return __popc(gt) + __popc(__match_any_sync(kFull, k) & ((1u << lane) - 1u));
+}
+
+// Staged segment elements outside [elo, ehi) (elo < ehi) -> NaN, by whole
+// 16-byte chunks where possible. A __syncwarp() must follow before reading.
+template <int V>
+__device__ __forceinline__ void nan_outside(uint32_t* st, int elo, int ehi, int lane) {
+  constexpr uint32_t kNaN = 0x7fffffffu;
+  const uint4 nan4 = make_uint4(kNaN, kNaN, kNaN, kNaN);
+  const int qlo = elo >> 2, qhi = (ehi + 3) >> 2;  // whole chunks [0, qlo) and [qhi, V*32)
+  for (int q = lane; q < qlo; q += 32) reinterpret_cast<uint4*>(st)[q] = nan4;
+  if (lane < (elo & 3)) st[qlo * 4 + lane] = kNaN;
+  if (lane < qhi * 4 - ehi) st[ehi + lane] = kNaN;
+  for (int q = qhi + lane; q < V * 32; q += 32) reinterpret_cast<uint4*>(st)[q] = nan4;
+}
+
+// Fast selection of the m <= 32 best eligible scores of a score segment (the
+// usual case), on the floats themselves: x holds the lane's chunks j*32+lane
+// (position (j*32+lane)*4+c), ineligible elements are NaN. Returns false (and
+// writes nothing) when it cannot decide; the exact path runs then.
+//  1. t = m-th largest lane maximum (fmaxf skips NaN; the maxima are ranked
+//     against each other through shared memory: no serial sort). Every
+//     element that is not a candidate (x >= t fails: smaller or NaN) ranks
+//     below every candidate, so the best m are the best of the candidates as
+//     soon as there are C >= m of them, whatever t is. (The compares may flush
+//     subnormals: a monotone map, the candidates only grow.) Needs C <= 32.
+//  2. The candidate bits, transposed through shared memory into 32-position
+//     words (lane w: positions [32w, 32w+32)), give the candidates in position
+//     order: candidate i (one per lane) is the i-th in ascending position.
+//  3. Exact rank of candidate i on the order-preserving keys: larger keys,
+//     plus equal keys at lower positions (= lower lanes, __match_any_sync);
+//     the chosen ones are emitted in lane order, i.e. ascending positions.
+template <int V, class Emit>
+__device__ __forceinline__ bool select_fast(const float (&x)[V][4], int m, int lane,
+                                            const uint32_t* stage, WarpSmem& sm, Emit emit) {
+  static_assert(V == 4 || V == 8 || V == 16, "fast path: 4, 8 or 16 chunks per lane");
+  constexpr int NH = V > 8 ? 2 : 1;  // 32-bit candidate mask words per lane
+  // 1. Lane maximum (pairwise tree: short dependency chain).
+  float t4[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    float v = x[0][c];
+#pragma unroll
+    for (int j = 1; j < V; ++j) v = fmaxf(v, x[j][c]);
+    t4[c] = v;
+  }
+  float mx = fmaxf(fmaxf(t4[0], t4[1]), fmaxf(t4[2], t4[3]));
+  if ((__float_as_uint(mx) & 0x7fffffffu) > 0x7f800000u) mx = -INFINITY;  // no eligible number
+  // t = the lane maximum of rank m-1 (keys, ties to the lower lane: unique ranks).
+  uint32_t* keys = reinterpret_cast<uint32_t*>(sm.pre);
+  const uint32_t mk = number_key(mx);
+  keys[lane] = mk;
+  __syncwarp();
+  const unsigned win = __ballot_sync(kFull, warp_rank(keys, mk, lane) == m - 1);
+  const float t = __shfl_sync(kFull, mx, __ffs(win) - 1);
+  // Candidate mask: bit (j%8)*4+c of word j/8 for chunk j, element c.
+  uint32_t cmw[NH];
+#pragma unroll
+  for (int h = 0; h < NH; ++h) cmw[h] = 0u;
+#pragma unroll
+  for (int j = 0; j < V; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) cmw[j / 8] |= (x[j][c] >= t ? 1u : 0u) << ((j % 8) * 4 + c);
+  int cnt = 0;
+#pragma unroll
+  for (int h = 0; h < NH; ++h) cnt += __popc(cmw[h]);
+  const int C = int(__reduce_add_sync(kFull, unsigned(cnt)));
+  if (C < m || C > 32) return false;
+  // 2. Transpose: word w = lane + 32h holds chunk j = w/4, lanes 8(w%4)..+7.
+#pragma unroll
+  for (int h = 0; h < NH; ++h) sm.bits[h * 32 + lane] = cmw[h];
+  __syncwarp();
+  const int q8 = (lane & 3) * 8, sh = (lane >> 2) * 4;
+  uint32_t W[NH];
+#pragma unroll
+  for (int h = 0; h < NH; ++h) {
+    const uint4 a = *reinterpret_cast<const uint4*>(&sm.bits[h * 32 + q8]);
+    const uint4 b = *reinterpret_cast<const uint4*>(&sm.bits[h * 32 + q8 + 4]);
+    W[h] = ((a.x >> sh) & 15u) | (((a.y >> sh) & 15u) << 4) | (((a.z >> sh) & 15u) << 8) |
+           (((a.w >> sh) & 15u) << 12) | (((b.x >> sh) & 15u) << 16) | (((b.y >> sh) & 15u) << 20) |
+           (((b.z >> sh) & 15u) << 24) | (((b.w >> sh) & 15u) << 28);
+  }
+  // Exclusive prefix of the word counts in position order (h, then lane);
+  // both counts in one scan (each <= C <= 32 fits 8 bits).
+  const unsigned own = unsigned(__popc(W[0])) | (NH > 1 ? unsigned(__popc(W[NH - 1])) << 8 : 0u);
+  unsigned incl = own;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned v = __shfl_up_sync(kFull, incl, o);
+    if (lane >= o) incl += v;
+  }
+  const unsigned excl = incl - own;
+  int base[NH];
+  base[0] = int(excl & 0xffu);
+  if constexpr (NH > 1) base[NH - 1] = int(__shfl_sync(kFull, incl, 31) & 0xffu) + int(excl >> 8);
+  // Candidate i -> ck[i] (key), cp[i] (position), read back from the stage.
+  uint32_t* ck = keys;  // the lane maxima were read before the transpose's __syncwarp
+  int* cp = sm.pre + 32;
+#pragma unroll
+  for (int h = 0; h < NH; ++h) {
+    uint32_t w = W[h];
+    int idx = base[h];
+    const int pbase = (h * 32 + lane) * 32;
+    while (w != 0u) {
+      const int p = pbase + __ffs(w) - 1;
+      w &= w - 1u;
+      ck[idx] = number_key(__uint_as_float(stage[p]));
+      cp[idx] = p;
+      ++idx;
+    }
+  }
+  if (lane >= C) ck[lane] = 0u;  // below every candidate key (>= 0x00800000)
+  __syncwarp();
+  // 3. Rank among the candidates.
+  const uint32_t ki = ck[lane];
+  const int pi = cp[lane];
+  const unsigned lt = (1u << lane) - 1u;
+  const int rank = warp_rank(ck, ki, lane);  // every lane: __match_any_sync inside
+  const bool sel = lane < C && rank < m;
+  const unsigned sb = __ballot_sync(kFull, sel);
+  if (sel) emit(__popc(sb & lt), pi, ki);
+  return true;
+}
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0)
                : "memory");
+}
+// Unpredicated copy of 16 bytes at constant byte offsets from both bases.
+template <int OFF>
+__device__ __forceinline__ void cp_async16_at(uint32_t smem_base, const void* gmem_base) {
+  asm volatile("cp.async.cg.shared.global [%0+%2], [%1+%2], 16;\n" ::"r"(smem_base), "l"(gmem_base), "n"(OFF)
+               : "memory");
+}
+// Chunks J*32 + lane of a segment (512 bytes apart).
+template <int... J>
+__device__ __forceinline__ void cp_async_chunks(uint32_t smem_base, const void* gmem_base,
+                                                std::integer_sequence<int, J...>) {
+  (cp_async16_at<J * 512>(smem_base, gmem_base), ...);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -378,11 +596,22 @@ constexpr int async_smem_bytes() { return 2 * kWarps * V * 512; }
 // cp.async into shared memory one item ahead. Persistent: warp w of CTA b
 // takes items w + kWarps*b, then + kWarps*gridDim.x, ...
 template <int V, bool SCORES, bool ASYNC>
-__global__ void __launch_bounds__(kWarps * 32, V >= 16 ? 3 : (V >= 8 ? (SCORES ? 5 : 4) : 8)) topk_round_kernel(const RoundArgs a) {
+constexpr int min_ctas() { return V >= 16 ? 3 : (V >= 8 ? (SCORES ? 5 : 4) : 8); }
+
+template <int V, bool SCORES, bool ASYNC>
+__global__ void __launch_bounds__(kWarps * 32, min_ctas<V, SCORES, ASYNC>()) topk_round_kernel(const RoundArgs a) {
+  // Score rounds with staged segments of 8 or 16 chunks per lane try
+  // select_fast first; it reads other lanes' staged elements (hence the
+  // __syncwarp()s). (V = 4 would not fit its 64-register budget.) These
+  // instances also take the division constants and the item count from the
+  // launcher and keep the row metadata in shared memory: fewer live registers
+  // for the exact path in the same kernel (95 at V = 8, 5 CTAs per SM).
+  constexpr bool kFast = SCORES && ASYNC && V >= 8;
   __shared__ WarpSmem s_sel[kWarps];
+  __shared__ int s_meta[kFast ? kWarps : 1][64];  // kFast: q_indptr[lane], kv_lens[lane]
   extern __shared__ __align__(16) uint8_t s_dyn[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t total = a.rows * a.splits;
+  const int64_t total = kFast ? a.items : a.rows * a.splits;
   const int64_t stride = int64_t(gridDim.x) * kWarps;
   int64_t item = int64_t(blockIdx.x) * kWarps + warp;
   const int K = int(a.k);
@@ -393,7 +622,8 @@ __global__ void __launch_bounds__(kWarps * 32, V >= 16 ? 3 : (V >= 8 ? (SCORES ?
 
   // Item -> (row, segment index, first element, elements).
   auto split_item = [&](int64_t it, int64_t& row, int64_t& sidx) {
-    row = div_s64(it, a.splits);
+    if constexpr (kFast) row = a.splits == 1 ? it : fdiv(it, a.splits_div);
+    else row = div_s64(it, a.splits);
     sidx = it - row * a.splits;
   };
   // Prefetch of item `it` into stage `st` (lane's own chunks j*32+lane).
@@ -406,6 +636,12 @@ __global__ void __launch_bounds__(kWarps * 32, V >= 16 ? 3 : (V >= 8 ? (SCORES ?
     if constexpr (SCORES) src = reinterpret_cast<const uint32_t*>(a.scores) + row * a.nb + p0;
     else src = a.in_keys + row * a.in_stride + p0;
     uint32_t* dst = stage_base + st * kStageElems;
+    if (n_seg == V * 128) {  // whole segment: no predicates, constant offsets
+      const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst + lane * 4));
+      const uint32_t* s = src + lane * 4;
+      cp_async_chunks(d, s, std::make_integer_sequence<int, V>{});
+      return;
+    }
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const int q = j * 32 + lane;
@@ -417,27 +653,41 @@ __global__ void __launch_bounds__(kWarps * 32, V >= 16 ? 3 : (V >= 8 ? (SCORES ?
     if (item < total) prefetch(item, 0);
     cp_async_commit();
   }
-  // Few sequences (the usual case): their metadata stays in lane registers.
+  // Few sequences (the usual case): their metadata stays in lane registers
+  // (kFast: in the warp's shared memory, read per item; fewer live registers).
   const bool small_batch = a.batch < 32;
   int ind = INT_MIN, len = 0;
   if (small_batch) {
     if (lane <= int(a.batch)) ind = a.q_indptr[lane];
     if (lane < int(a.batch)) len = a.kv_lens[lane];
   }
+  if constexpr (kFast) {
+    s_meta[warp][lane] = ind;
+    s_meta[warp][32 + lane] = len;
+    __syncwarp();
+  }
 
 #pragma unroll 1
   for (int iter = 0; item < total; ++iter, item += stride) {
     if constexpr (ASYNC) {
+      // The stage refilled now was read (by any lane, kFast) in the previous item.
+      if constexpr (kFast) __syncwarp();
       if (item + stride < total) prefetch(item + stride, (iter + 1) & 1);
       cp_async_commit();
       // This item's chunks (the lane's own copies) landed; waiting here, also
       // for items skipped below, keeps at most one copy per stage in flight.
       cp_async_wait<1>();
+      if constexpr (kFast) __syncwarp();  // ... and every lane's copies are visible
     }
     int64_t row, sidx;
     split_item(item, row, sidx);
-    const int64_t t_row = div_s64(row, a.heads);
-    const int64_t nvis = small_batch ? row_nvis_small(a, t_row, lane, ind, len) : row_nvis(a, t_row, lane);
+    const int64_t t_row = kFast ? fdiv(row, a.heads_div) : div_s64(row, a.heads);
+    if constexpr (kFast) {
+      ind = s_meta[warp][lane];
+      len = s_meta[warp][32 + lane];
+    }
+    const int64_t nvis = small_batch ? row_nvis_small<kFast>(a, t_row, lane, ind, len)
+                                     : row_nvis<kFast>(a, t_row, lane);
     int32_t* out_row = a.final_out ? a.ids + row * a.k : nullptr;
 
     if (nvis <= a.k) {  // every visible block is chosen
@@ -455,9 +705,46 @@ __global__ void __launch_bounds__(kWarps * 32, V >= 16 ? 3 : (V >= 8 ? (SCORES ?
 
     const int64_t p0 = sidx * a.seg;
     const int n_seg = int(min(a.seg, a.n - p0));
+    uint32_t* const stage = stage_base + (iter & 1) * kStageElems;
+    if constexpr (kFast) {
+      const int elo = int(min(max(int64_t(sink) - p0, int64_t(0)), int64_t(n_seg)));
+      const int ehi = int(min(max(nvis - local - p0, int64_t(0)), int64_t(n_seg)));
+      const int E = max(ehi - elo, 0);
+      const int m = min(M, E);
+      if (M <= 32 && m > 0 && m < E) {
+        // Ineligible elements -> NaN in the stage (the exact path masks them
+        // again by position, so it can still run on this stage).
+        nan_outside<V>(stage, elo, ehi, lane);
+        __syncwarp();
+        float x[V][4];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const uint4 v = *reinterpret_cast<const uint4*>(stage + (j * 32 + lane) * 4);
+          x[j][0] = __uint_as_float(v.x); x[j][1] = __uint_as_float(v.y);
+          x[j][2] = __uint_as_float(v.z); x[j][3] = __uint_as_float(v.w);
+        }
+        const int64_t obase = row * a.out_stride + sidx * a.k;
+        auto emit_fast = [&](int idx, int pos, uint32_t k) {
+          if (a.final_out) {
+            out_row[sink + idx] = int32_t(p0 + pos);
+          } else {
+            a.out_keys[obase + idx] = k;
+            a.out_ids[obase + idx] = int32_t(p0 + pos);
+          }
+        };
+        if (select_fast<V>(x, m, lane, stage, s_sel[warp], emit_fast)) {
+          // m = M (< E): every id slot is filled; candidate slots [M, K) are empty.
+          if (!a.final_out)
+            for (int i = m + lane; i < K; i += 32) {
+              a.out_keys[obase + i] = 0u;
+              a.out_ids[obase + i] = -1;
+            }
+          continue;
+        }
+      }
+    }
     uint32_t key[V][4];
     int E;
-    const uint32_t* stage = stage_base + (iter & 1) * kStageElems;
     if constexpr (SCORES) {
       const int elo = int(min(max(int64_t(sink) - p0, int64_t(0)), int64_t(n_seg)));
       const int ehi = int(min(max(nvis - local - p0, int64_t(0)), int64_t(n_seg)));
@@ -522,29 +809,23 @@ __global__ void __launch_bounds__(kWarps * 32, V >= 16 ? 3 : (V >= 8 ? (SCORES ?
     }
     const int m = min(M, E);
 
-    const int64_t out_base = row * a.out_stride + sidx * a.k;
+    // Output slots: ids (final: after the sinks) or the candidate ids, whose
+    // keys sit at the same offset in out_keys.
+    int32_t* const dst = a.final_out ? out_row + sink : a.out_ids + (row * a.out_stride + sidx * a.k);
     auto emit = [&](int idx, int pos, uint32_t k) {
       int32_t id;
-      if constexpr (SCORES) id = int32_t(p0 + pos);
+      if constexpr (SCORES) id = int32_t(p0) + pos;  // < nb <= INT_MAX
       else id = a.in_ids[row * a.in_stride + p0 + pos];
-      if (a.final_out) {
-        out_row[sink + idx] = id;
-      } else {
-        a.out_keys[out_base + idx] = k;
-        a.out_ids[out_base + idx] = id;
-      }
+      dst[idx] = id;
+      if (!a.final_out) a.out_keys[(dst - a.out_ids) + idx] = k;
     };
     if (m > 0) select_top<V>(key, m, E, lane, s_sel[warp], emit);
 
     // Slots not filled: -1 ids (final: never happens, E >= M there) and empty
     // candidates (key 0) otherwise.
-    if (a.final_out) {
-      for (int x = m + lane; x < M; x += 32) out_row[sink + x] = -1;
-    } else {
-      for (int x = m + lane; x < K; x += 32) {
-        a.out_keys[out_base + x] = 0u;
-        a.out_ids[out_base + x] = -1;
-      }
+    for (int x = m + lane; x < (a.final_out ? M : K); x += 32) {
+      dst[x] = -1;
+      if (!a.final_out) a.out_keys[(dst - a.out_ids) + x] = 0u;
     }
   }
   if constexpr (ASYNC) cp_async_wait<0>();  // no copy in flight at exit
@@ -578,7 +859,7 @@ cudaError_t launch_instance(const RoundArgs& a, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     per_sm = n > 0 ? n : 1;
   }
-  const int64_t items = a.rows * a.splits;
+  const int64_t items = a.items;
   int64_t blocks = (items + kWarps - 1) / kWarps;
   blocks = std::min<int64_t>(blocks, int64_t(per_sm) * device_sms());
   const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
@@ -630,6 +911,7 @@ cudaError_t launch_topk_select(const TopkSelectParams& p, cudaStream_t stream) {
     a.n = s.n[r];
     a.seg = s.seg[r];
     a.splits = s.splits[r];
+    a.items = rows * s.splits[r];
     a.final_out = r == s.rounds - 1;
     a.ids = p.ids;
     if (!a.final_out) {
@@ -652,6 +934,9 @@ cudaError_t launch_topk_select(const TopkSelectParams& p, cudaStream_t stream) {
     // block_size tokens); no clip when nb * block_size would overflow.
     a.kv_cap = (p.nb > 0 && p.block_size > INT64_MAX / p.nb) ? INT64_MAX : p.nb * p.block_size;
     a.causal = p.causal;
+    a.heads_div = make_fastdiv(p.heads);
+    a.bs_div = make_fastdiv(p.block_size);
+    a.splits_div = make_fastdiv(a.splits);
     int v = 1;
     while (v * 128 < a.seg) v *= 2;  // seg <= 2048 -> v <= 16
     cudaError_t err;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The full benchmark sweep behind benchmarks/RESULTS.md: every section, baselines in the same
+# process. Writes one TSV per command into OUTDIR, the e2e/decode plot, and a markdown summary
+#   bash benchmarks/full_sweep.sh OUTDIR [prefill|sparse|decode|all]
+# (parts exist so the sweep can be split over calls of limited length; "all" runs everything).
+set -uo pipefail
+out="${1:?OUTDIR}"; part="${2:-all}"
+mkdir -p "$out"
+B="python3 $(dirname "$0")/bench_sparse_attention_ops.py --repeat-ms 200 --dry-run-ms 50"
+run() { local name=$1; shift; echo "## $name: bench_sparse_attention_ops.py $*" | tee -a "$out/commands.txt"
+        $B "$@" -o "$out/$name.tsv" 2> >(grep "^#" | tee "$out/$name.log" >&2) > /dev/null; }
+if [[ $part == prefill || $part == all ]]; then
+  run prefill --sections prefill,paged_prefill --seqs 4096,16384,65536
+  run e2e --sections e2e --heads 64/4 --seqs 8192,32768,131072,262144,524288
+fi
+if [[ $part == sparse || $part == all ]]; then
+  run sparse_prefill --sections sparse_prefill --seqs 32768,131072
+  run index_bf16 --sections index,topk --seqs 32768,131072
+  run index_fp8 --dtype fp8 --sections index --seqs 32768,131072
+fi
+if [[ $part == decode || $part == all ]]; then
+  run decode_bf16 --sections decode,sparse_decode --decode-b 32,8 --decode-k 32768,131072
+  run decode_fp8 --dtype fp8 --sections decode --decode-b 32,8 --decode-k 32768,131072
+  run sparse_decode_1m --sections sparse_decode --decode-b 8 --decode-k 1048576
+fi
+python3 "$(dirname "$0")/tsv_to_md.py" "$out"/*.tsv > "$out/summary.md" && \
+python3 -c "
+import sys, csv, glob; sys.path.insert(0, '$(dirname "$0")')
+from bench_sparse_attention_ops import plot
+rows = [r for f in sorted(glob.glob('$out/*.tsv')) for r in list(csv.reader(open(f), delimiter='\t'))[1:]]
+plot(rows, '$out/sweep.png')"
