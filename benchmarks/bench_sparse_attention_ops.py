@@ -149,10 +149,12 @@ def plot(rows, path: str) -> None:
     series = {}
     for r in rows:
         sec, shape, speed = r[0], r[1], r[10]
-        if sec in ("e2e", "sparse_decode") and speed:
+        # sparse_decode has a row per baseline: plot the speedup over dense paged decode.
+        if speed and (sec == "e2e" or (sec == "sparse_decode" and r[8] == "dense paged decode")):
             fields = dict(kv.split("=", 1) for kv in shape.split(",") if "=" in kv)
             ctx = int(fields.get("T", fields.get("L", 0)))
-            label = sec if sec == "e2e" else f"sparse_decode B={fields['B']} index={fields.get('index', '')}"
+            label = ("e2e prefill vs cuDNN dense" if sec == "e2e" else
+                     f"sparse_decode B={fields['B']} index={fields.get('index', '')} vs dense paged")
             series.setdefault(label, []).append((ctx, float(speed)))
     for label, pts in sorted(series.items()):
         pts.sort()
