@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call: build with CUDA, run the GPU tests (optionally under
 # compute-sanitizer), then the GPU benchmarks. Logs go to $OUT.
-#   bash benchmarks/device_session.sh [tests|sanitize|bench|all] [pytest -k filter]
+#   bash benchmarks/device_session.sh [build|tests|sanitize|bench|all] [pytest -k filter]
+# ("build" only builds and installs; ncu needs XLA_PYTHON_CLIENT_PREALLOCATE=false, or its
+# kernel replay backs up most of the GPU's memory and crawls.)
 set -uo pipefail
 what="${1:-all}"
 filter="${2:-}"
@@ -26,6 +28,9 @@ if [[ "$what" == tests || "$what" == all ]]; then
   python3 -m pytest "$T" -m gpu -q --maxfail=25 --rootdir "$REPO" -p no:cacheprovider "${kargs[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ "$what" == sanitize || "$what" == all ]]; then
+  # No autotuning under the sanitizer (it ran out of configs there: RESOURCE_EXHAUSTED), no
+  # preallocation (the tools back up device memory).
+  XLA_FLAGS="--xla_gpu_autotune_level=0" XLA_PYTHON_CLIENT_PREALLOCATE=false \
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "$T" -m gpu -q --maxfail=25 --rootdir "$REPO" \
     -p no:cacheprovider "${kargs[@]}" > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3

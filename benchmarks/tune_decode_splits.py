@@ -1,0 +1,66 @@
+"""Times msa_jax.decode under alternative split-K rules, to tune decode_num_splits (GPU).
+
+The kernel takes num_splits as an attribute and msa_jax.decode computes it at trace time by
+calling msa_jax.decode.decode_num_splits, so swapping that function in this process tries a
+rule without touching the library. Prints, per (cache dtype, B, L), the rules sorted by time.
+A rule that wins must then be written into msa_jax/decode.py and its C++ mirror in
+cuda/decode/decode.h.
+
+    python benchmarks/tune_decode_splits.py
+"""
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import msa_jax
+import msa_jax.decode as decode_module
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_sparse_attention_ops as bench_ops  # noqa: E402
+
+CASES = ((8, 32768), (8, 131072), (32, 32768))       # (B, kv_len): the short-per-split cases
+CTA_TARGETS = (2048, 1024, 768)
+MIN_PAGES_PER_SPLIT = (4, 8, 16)
+
+
+def split_rule(cta_target: int, min_pages: int):
+    """The shipped rule (cta_target 2048, min_pages 4) with its two constants free."""
+    def rule(batch, kv_heads, max_pages, topk):
+        n = topk if topk > 0 else max_pages
+        s = -(-cta_target // max(batch * kv_heads, 1))
+        s = min(s, -(-n // min_pages), 1024)
+        return max(s, -(-n // 1024), 1)
+    return rule
+
+
+def main() -> None:
+    shipped = decode_module.decode_num_splits
+    dev = jax.devices()[0]
+    rng = np.random.default_rng(0)
+    try:
+        for dtype in (jnp.float8_e4m3fn, jnp.bfloat16):
+            for B, L in CASES:
+                plan = msa_jax.plan_decode(B, L, num_q_heads=64, num_kv_heads=4, head_dim=128)
+                q, k, v, pt, lens, _ = bench_ops._paged_decode_inputs(dev, B, L, 64, 4, 128, dtype, rng)
+                results = []
+                for target in CTA_TARGETS:
+                    for min_pages in MIN_PAGES_PER_SPLIT:
+                        rule = split_rule(target, min_pages)
+                        decode_module.decode_num_splits = rule
+                        fn = jax.jit(lambda q, k, v, pt, lens: msa_jax.decode(q, k, v, pt, lens, plan))
+                        t = bench_ops.bench(fn, [[q, k, v, pt, lens]], 30, 100)
+                        results.append((t.median_ms, target, min_pages, rule(B, 4, plan.max_pages, 0)))
+                results.sort()
+                print(jnp.dtype(dtype).name, f"B={B} L={L}:", " ".join(
+                    f"{ms:.4f}ms(target={t},min_pages={m},splits={s})" for ms, t, m, s in results), flush=True)
+                del q, k, v
+    finally:
+        decode_module.decode_num_splits = shipped
+
+
+if __name__ == "__main__":
+    main()
