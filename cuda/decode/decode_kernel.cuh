@@ -31,6 +31,9 @@
 // Every load is bounds-checked against the device data (lengths clipped,
 // page ids and block ids range-checked); rows that are not resolvable are
 // zero-filled and masked. Deterministic: fixed reduction orders, no atomics.
+//
+// Files: traits.cuh (configuration, arguments), ptx_helpers.cuh (copies, mma,
+// fp8 conversion), combine_kernel.cuh; this file: the split kernel.
 #pragma once
 
 #include <cstdint>
@@ -38,202 +41,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "cuda/decode/combine_kernel.cuh"
 #include "cuda/decode/decode.h"
+#include "cuda/decode/ptx_helpers.cuh"
+#include "cuda/decode/traits.cuh"
 
 namespace msa::cuda::decode {
-
-// ----------------------------------------------------------------- traits
-
-template <class Elem_, bool kFp8_, int kD_>
-struct Traits {
-  using Elem = Elem_;                       // q / MMA operand type (__nv_bfloat16 or __half)
-  static constexpr bool kFp8 = kFp8_;       // K/V caches in float8_e4m3fn
-  static constexpr int kD = kD_;            // head_dim: 64 or 128
-  static constexpr int kWarps = 4;
-  static constexpr int kThreads = kWarps * 32;
-  static constexpr int kKeys = 16;          // keys per warp per pipeline stage
-  static constexpr int kHeads = 16;         // M rows (query heads) per CTA
-  static constexpr int kCacheBytes = kFp8 ? 1 : 2;
-  static constexpr int kRowBytes = kD * kCacheBytes;       // a cache row in a stage
-  static constexpr int kChunksPerRow = kRowBytes / 16;     // 16-byte chunks: 4, 8 or 16
-  static constexpr int kRowsPerPass = 32 / kChunksPerRow;  // rows a warp copies per pass
-  static constexpr int kLoadsPerLane = kKeys * kChunksPerRow / 32;  // per tensor per stage
-  static constexpr int kStages = kFp8 ? (kD == 64 ? 6 : 4) : (kD == 64 ? 4 : 3);
-  static constexpr int kStageBytes = 2 * kKeys * kRowBytes;        // K rows then V rows
-  static constexpr int kWarpBytes = kStages * kStageBytes;
-  static constexpr int kPipeBytes = kWarps * kWarpBytes;
-  static constexpr int kEpiBytes = kWarps * kHeads * kD * 4;       // per-warp O (f32)
-  static constexpr int kIdChunk = 1024;                            // sparse dedup ids per pass
-  static constexpr int kRegionBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
-  static_assert(kRegionBytes >= kIdChunk * 4, "dedup buffer");
-  static constexpr int kListOffset = kRegionBytes;
-  static constexpr int kListBytes = int(kDecodeMaxPagesPerSplit) * 8;
-  static constexpr int kMiscOffset = kListOffset + kListBytes;
-  // misc: masks [kWarps][kStages] u32, scan [kWarps] i32, m [kWarps][16], l [kWarps][16] f32
-  static constexpr int kMiscBytes = (kWarps * kStages + kWarps + 2 * kWarps * kHeads) * 4;
-  static constexpr int kSmemBytes = kMiscOffset + kMiscBytes;
-  static constexpr int kSlotsPerThread = int(kDecodeMaxPagesPerSplit) / kThreads;
-  static constexpr int kMinBlocks = kSmemBytes <= 74 * 1024 ? 3 : 2;
-  static_assert(kChunksPerRow >= 4 && 32 % kChunksPerRow == 0, "copy mapping");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
-
-  // Physical 16-byte chunk of logical chunk c of stage row r is c ^ swz(r). Every
-  // 8-lane phase of the copies (8 lanes = one row's chunks or 8 rows' same chunk) and
-  // of the fragment loads must hit distinct banks:
-  //   16-bit caches: ldmatrix rows 0-7 of one chunk column -> r & 7;
-  //   fp8, 8 chunks: K loads read rows {2m, 2m+1} x chunks {4j + 0..3} (bit 2 of
-  //     swz must differ between the two rows), V loads read rows {2t + x : t < 4} x
-  //     chunks {2p, 2p+1} (bits 1-2 distinct over the 4 rows) -> (r & 7) ^ ((r & 1) << 2);
-  //   fp8, 4 chunks (64-byte rows, two per bank line): the copies' 8 rows -> (r >> 1) & 3
-  //     (K loads are conflict-free anyway; V's 8-byte loads stay 2-way).
-  __device__ __forceinline__ static int swz(int r) {
-    if constexpr (!kFp8) return r & 7;
-    else if constexpr (kChunksPerRow == 8) return (r & 7) ^ ((r & 1) << 2);
-    else return (r >> 1) & 3;
-  }
-};
-
-struct KernelArgs {
-  DecodeParams p;
-  int64_t head_chunks;  // ceil(G / 16)
-  float scale_log2;     // scale * k_scale * log2(e)
-  float* lse_part;      // [B, Hq, S] (num_splits > 1)
-  float* o_part;        // [B, Hq, S, D]
-  // v / page_size for 0 <= v < 2^31 as (v * ps_mul) >> ps_shift (round-up reciprocal,
-  // ps_shift = 31 + ceil(log2 page_size)): no integer division in the main loop.
-  uint32_t ps_mul;
-  int ps_shift;
-  uint32_t row_bytes;   // Tr::kRowBytes, as a runtime operand: one IMAD.WIDE per row address
-};
-
-// ----------------------------------------------------------------- PTX helpers
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte copy, or 16 zero bytes when zero_fill (the source is then not read).
-__device__ __forceinline__ void cp_async_16_zfill(uint32_t dst, const void* src, bool zero_fill) {
-  asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(dst),
-      "l"(src), "r"(int(zero_fill)));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-template <class Elem>
-struct Mma;
-template <>
-struct Mma<__nv_bfloat16> {
-  __device__ __forceinline__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  // fp8x4: the 7 magnitude bits of an e4m3 byte land at bits 4-10 of a bf16 lane
-  // (exponent field low 4 bits + mantissa top 3): value * 2^-120, exact for
-  // subnormals too (bf16 subnormals); times 2^120 in bf16 restores it. The
-  // multiply stays: the mma's handling of subnormal inputs is unspecified.
-  static constexpr int kFp8Left = 4;
-  static constexpr uint32_t kFp8Mag = 0x07f007f0u;
-  __device__ __forceinline__ static uint32_t fp8_unscale(uint32_t bits) {
-    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&bits);
-    h = __hmul2(h, __bfloat162bfloat162(__ushort_as_bfloat16(0x7b80)));  // 2^120
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  __device__ __forceinline__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-};
-template <>
-struct Mma<__half> {
-  __device__ __forceinline__ static void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  // fp16: magnitude bits at bits 7-13 of an fp16 lane: value * 2^-8 (fp8
-  // subnormals become fp16 subnormals, exactly); times 2^8 restores it.
-  static constexpr int kFp8Left = 7;
-  static constexpr uint32_t kFp8Mag = 0x3f803f80u;
-  __device__ __forceinline__ static uint32_t fp8_unscale(uint32_t bits) {
-    __half2 h = *reinterpret_cast<__half2*>(&bits);
-    h = __hmul2(h, __half2half2(__ushort_as_half(0x5c00)));  // 256
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  __device__ __forceinline__ static __half from_float(float x) { return __float2half_rn(x); }
-};
-
-// (a & mask) | (b & ~mask) as one LOP3.
-template <uint32_t kMask>
-__device__ __forceinline__ uint32_t bit_select(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xe4;" : "=r"(d) : "r"(a), "r"(b), "n"(kMask));
-  return d;
-}
-
-// e4m3 bytes [b0 b1 b2 b3] of w -> even = {b0, b2}, odd = {b1, b3} as Elem pairs
-// (low half first). The magnitudes are w shifted under the magnitude mask, the sign
-// bits (bit 15 / 31 of a lane) come from w's own sign bits, then one exact
-// power-of-two multiply per pair (Mma<Elem>::fp8_unscale): 6 integer ops + 2
-// multiplies per 4 values, no byte permute. Exact for every e4m3 value including
-// subnormals; the NaN encodings (0x7f / 0xff) read as +-480.
-template <class Elem>
-__device__ __forceinline__ void fp8x4(uint32_t w, uint32_t& even, uint32_t& odd) {
-  constexpr int kL = Mma<Elem>::kFp8Left;
-  constexpr uint32_t kM = Mma<Elem>::kFp8Mag;
-  const uint32_t sgn = w & 0x80808080u;
-  // sgn << 8 (bits 7 / 23 -> 15 / 31; 15 -> 23 is masked) in PTX: the compiler would
-  // rewrite it as (w << 8) & 0x80808000, one more op than reusing sgn.
-  uint32_t sgn8;
-  asm("shl.b32 %0, %1, 8;" : "=r"(sgn8) : "r"(sgn));
-  even = Mma<Elem>::fp8_unscale(bit_select<kM>(w << kL, sgn8));
-  odd = Mma<Elem>::fp8_unscale(bit_select<kM>(w >> (8 - kL), sgn));  // signs 15 / 31 in place (7 / 23 masked)
-}
-
-// The same pointer, hidden from the optimiser's re-association.
-__device__ __forceinline__ const uint8_t* opaque(const uint8_t* x) {
-  uint64_t r;
-  asm("mov.b64 %0, %1;" : "=l"(r) : "l"(reinterpret_cast<uint64_t>(x)));
-  return reinterpret_cast<const uint8_t*>(r);
-}
-
-__device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
-// ----------------------------------------------------------------- split kernel
 
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_kernel(const KernelArgs a) {
@@ -724,53 +537,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
     else
       a.lse_part[(row0 + tid) * S + s] = lse;
   }
-}
-
-// ----------------------------------------------------------------- combine kernel
-
-// A warp per (b, q head) row: o = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max),
-// lse = max + log(sum w_s); rows whose splits are all empty get o = 0, lse = -inf.
-template <class Elem>
-__global__ void __launch_bounds__(128) decode_combine_kernel(const float* __restrict__ lse_part,
-                                                             const float* __restrict__ o_part,
-                                                             Elem* __restrict__ o, float* __restrict__ lse,
-                                                             int64_t rows, int64_t S, int D) {
-  const int lane = threadIdx.x % 32;
-  const int64_t row = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
-  if (row >= rows) return;
-  const float* lp = lse_part + row * S;
-  float M = -INFINITY;
-  for (int64_t s = lane; s < S; s += 32) M = fmaxf(M, lp[s]);
-  M = warp_max(M);
-  Elem* out = o + row * D;
-  if (M == -INFINITY) {
-    for (int d = lane; d < D; d += 32) out[d] = Mma<Elem>::from_float(0.0f);
-    if (lane == 0) lse[row] = -INFINITY;
-    return;
-  }
-  float sum = 0.0f;
-  for (int64_t s = lane; s < S; s += 32) sum += __expf(lp[s] - M);
-  sum = warp_sum(sum);
-  const float inv = 1.0f / sum;
-  const float* op = o_part + row * S * D;
-  for (int d0 = lane * 4; d0 < D; d0 += 128) {
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int64_t s = 0; s < S; ++s) {
-      const float ls = lp[s];
-      if (ls == -INFINITY) continue;
-      const float w = __expf(ls - M);
-      const float4 x = *reinterpret_cast<const float4*>(op + s * D + d0);
-      acc.x += w * x.x;
-      acc.y += w * x.y;
-      acc.z += w * x.z;
-      acc.w += w * x.w;
-    }
-    out[d0] = Mma<Elem>::from_float(acc.x * inv);
-    out[d0 + 1] = Mma<Elem>::from_float(acc.y * inv);
-    out[d0 + 2] = Mma<Elem>::from_float(acc.z * inv);
-    out[d0 + 3] = Mma<Elem>::from_float(acc.w * inv);
-  }
-  if (lane == 0) lse[row] = M + __logf(sum);
 }
 
 }  // namespace msa::cuda::decode
