@@ -6,20 +6,11 @@
 
 #include <cute/tensor.hpp>
 
+#include "cuda/common/cute_sm80.cuh"
+
 namespace msa::cuda::attention {
 
 using namespace cute;
-
-template <class Elem>
-struct MmaAtomFor;
-template <>
-struct MmaAtomFor<cute::bfloat16_t> {
-  using type = SM80_16x8x16_F32BF16BF16F32_TN;
-};
-template <>
-struct MmaAtomFor<cute::half_t> {
-  using type = SM80_16x8x16_F32F16F16F32_TN;
-};
 
 // Elem: q dtype (cute::bfloat16_t / cute::half_t), the MMA operand type.
 // kFp8KV: K and V stored as float8_e4m3fn, converted to Elem in shared memory.
@@ -46,9 +37,8 @@ struct KernelTraits {
   using TiledMma = TiledMMA<MMA_Atom<typename MmaAtomFor<Elem>::type>, Layout<Shape<Int<kWarps>, _1, _1>>,
                             Tile<Int<16 * kWarps>, _16, _16>>;
 
-  // 8 rows x 64 elements (128 B) per atom, 16-byte chunks XOR-swizzled by row:
-  // conflict-free cp.async stores and ldmatrix (also transposed) loads.
-  using SmemLayoutAtom = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, _64>, Stride<_64, _1>>{}));
+  // cuda/common/cute_sm80.cuh: 8 x 64 elements per atom, 16-byte chunks XOR-swizzled by row.
+  using SmemLayoutAtom = SwizzledSmemAtom;
   using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   // Elem-typed K / V tiles: the pipeline stages (same-dtype K/V) or the single
   // converted tile (fp8 K/V).

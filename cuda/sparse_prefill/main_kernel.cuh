@@ -27,23 +27,14 @@
 
 #include <cute/tensor.hpp>
 
+#include "cuda/common/cute_sm80.cuh"
+
 #include "cuda/block_scores/fp8_convert.cuh"
 #include "cuda/sparse_prefill/internal.h"
 
 namespace msa::cuda::sparse_prefill {
 
 using namespace cute;
-
-template <class Elem>
-struct MmaAtomFor;
-template <>
-struct MmaAtomFor<cute::bfloat16_t> {
-  using type = SM80_16x8x16_F32BF16BF16F32_TN;
-};
-template <>
-struct MmaAtomFor<cute::half_t> {
-  using type = SM80_16x8x16_F32F16F16F32_TN;
-};
 
 template <class Elem_, bool kFp8_, int kHeadDim_>
 struct Traits {
@@ -68,7 +59,7 @@ struct Traits {
 
   using TiledMma = TiledMMA<MMA_Atom<typename MmaAtomFor<Elem>::type>, Layout<Shape<Int<kWarps>, _1, _1>>,
                             Tile<Int<16 * kWarps>, _16, _16>>;
-  using SmemLayoutAtom = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, _64>, Stride<_64, _1>>{}));
+  using SmemLayoutAtom = SwizzledSmemAtom;
   using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kM>, Int<kD>>{}));
   using SmemLayoutKV = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kN>, Int<kD>, Int<kMaxTiles>>{}));
   using SmemLayoutTile = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kN>, Int<kD>>{}));
