@@ -8,8 +8,24 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import msa_jax
+
+
+def gpu_device():
+    """The first CUDA device (the test is skipped without one)."""
+    try:
+        devs = jax.devices("gpu")
+    except RuntimeError:
+        devs = []
+    if not devs:
+        pytest.skip("no GPU")
+    return devs[0]
+
+
+def cpu_device():
+    return jax.devices("cpu")[0]
 
 
 def rel_err(got, want) -> float:
@@ -21,6 +37,21 @@ def rel_err(got, want) -> float:
     assert np.array_equal(got[~mask], want[~mask]), "non-finite entries differ"
     denom = np.linalg.norm(want[mask])
     return float(np.linalg.norm(got[mask] - want[mask]) / max(denom, 1e-30))
+
+
+def check_block_scores(got, want, tol=1e-2):
+    """Block scores: every element written (no NaN poison left), the -inf pattern exact,
+    the finite scores within ``tol`` relative error by norm."""
+    got = np.asarray(got, dtype=np.float32)
+    want = np.asarray(want, dtype=np.float32)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert not np.isnan(got).any(), "NaN in the kernel output (an element left unwritten?)"
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg="-inf pattern differs")
+    fin = np.isfinite(want)
+    assert np.isfinite(got[fin]).all()
+    if fin.any():
+        err = np.linalg.norm(got[fin] - want[fin]) / max(np.linalg.norm(want[fin]), 1e-30)
+        assert err <= tol, f"relative error {err:.3e} > {tol}"
 
 
 def random(rng, shape, dtype, scale=1.0):

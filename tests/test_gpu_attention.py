@@ -14,25 +14,11 @@ import jax.numpy as jnp  # noqa: E402
 import msa_jax  # noqa: E402
 from msa_jax import reference  # noqa: E402
 
-from msa_cases import prefill_case, quantize_fp8, rel_err, to_paged  # noqa: E402
+from msa_cases import cpu_device, gpu_device, prefill_case, quantize_fp8, rel_err, to_paged  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 TOL = 1e-2
-
-
-def _gpu():
-    try:
-        devs = jax.devices("gpu")
-    except RuntimeError:
-        devs = []
-    if not devs:
-        pytest.skip("no GPU")
-    return devs[0]
-
-
-def _cpu():
-    return jax.devices("cpu")[0]
 
 
 def _put(x, dev):
@@ -41,7 +27,7 @@ def _put(x, dev):
 
 def _run(q, k, v, plan, page_table=None, **kw):
     """(GPU outputs, reference outputs), both as tuples of numpy arrays."""
-    gpu, cpu = _gpu(), _cpu()
+    gpu, cpu = gpu_device(), cpu_device()
     with jax.default_device(gpu):
         got = msa_jax.attention(_put(q, gpu), _put(k, gpu), _put(v, gpu), plan, page_table=_put(page_table, gpu),
                                 **kw)
@@ -182,7 +168,7 @@ def test_many_sequences():
 
 def test_bitwise_identical_reruns():
     c = prefill_case([700, 300], [1500, 300], hq=16, hkv=4, d=128, seed=13)
-    gpu = _gpu()
+    gpu = gpu_device()
     fn = jax.jit(lambda q, k, v: msa_jax.attention(q, k, v, c.plan, return_lse=True, return_block_max=True))
     q, k, v = (_put(x, gpu) for x in (c.q, c.k, c.v))
     first = [np.asarray(x) for x in jax.block_until_ready(fn(q, k, v))]
@@ -201,7 +187,7 @@ def test_long_sequence_gqa16():
 
 def test_float32_unimplemented():
     c = prefill_case([10], [10], hq=2, hkv=2, d=64, dtype=jnp.float32, seed=1)
-    gpu = _gpu()
+    gpu = gpu_device()
     with jax.default_device(gpu):
         with pytest.raises(Exception, match="float32"):
             jax.block_until_ready(msa_jax.attention(_put(c.q, gpu), _put(c.k, gpu), _put(c.v, gpu), c.plan))

@@ -14,42 +14,17 @@ import jax.numpy as jnp  # noqa: E402
 import msa_jax  # noqa: E402
 from msa_jax import reference  # noqa: E402
 
+from msa_cases import check_block_scores, cpu_device, gpu_device  # noqa: E402
+
 pytestmark = pytest.mark.gpu
 
 BLOCK = 128
 PAGE = 128
 
 
-def _gpu():
-    try:
-        devs = jax.devices("gpu")
-    except RuntimeError:
-        devs = []
-    if not devs:
-        pytest.skip("no GPU")
-    return devs[0]
-
-
-def _cpu():
-    return jax.devices("cpu")[0]
-
-
-def _compare(got, want, tol=1e-2):
-    got = np.asarray(got, dtype=np.float32)
-    want = np.asarray(want, dtype=np.float32)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert not np.isnan(got).any(), "NaN in the kernel output"
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg="-inf pattern differs")
-    fin = np.isfinite(want)
-    assert np.isfinite(got[fin]).all()
-    if fin.any():
-        err = np.linalg.norm(got[fin] - want[fin]) / max(np.linalg.norm(want[fin]), 1e-30)
-        assert err <= tol, f"relative error {err:.3e} > {tol}"
-
-
 def _run_both(q_idx, k_idx, plan, **kw):
     """msa_jax.block_scores on the GPU and the reference on the CPU."""
-    gpu, cpu = _gpu(), _cpu()
+    gpu, cpu = gpu_device(), cpu_device()
     put = lambda x, d: None if x is None else jax.device_put(x, d)  # noqa: E731
     kw_gpu = {k: put(v, gpu) if isinstance(v, (np.ndarray, jax.Array)) else v for k, v in kw.items()}
     kw_cpu = {k: put(v, cpu) if isinstance(v, (np.ndarray, jax.Array)) else v for k, v in kw.items()}
@@ -111,7 +86,7 @@ def test_prefill(head_dim, heads, paged, case):
     else:
         k_idx = _keys(rng, (sum(kv_lens), head_dim), "same", dtype)
         got, want = _run_both(q_idx, k_idx, plan, scale=None, k_scale=1.0)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 @pytest.mark.parametrize("paged", [False, True])
@@ -129,7 +104,7 @@ def test_prefill_fp8_keys(paged, head_dim):
     else:
         k_idx = _keys(rng, (sum(kv_lens), head_dim), "fp8", jnp.bfloat16)
         got, want = _run_both(q_idx, k_idx, plan, scale=None, k_scale=0.25)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 @pytest.mark.parametrize("kdtype", ["same", "fp8"])
@@ -143,7 +118,7 @@ def test_prefill_fp16_negative_scale(kdtype):
     k_idx = _keys(rng, (sum(kv_lens), 128), kdtype, jnp.float16)
     for scale in (None, -0.05):
         got, want = _run_both(q_idx, k_idx, plan, scale=scale, k_scale=1.0)
-        _compare(got, want)
+        check_block_scores(got, want)
 
 
 def test_prefill_many_sequences():
@@ -157,7 +132,7 @@ def test_prefill_many_sequences():
     q_idx = jnp.asarray(rng.standard_normal((sum(qo_lens), 4, 64), dtype=np.float32)).astype(jnp.bfloat16)
     k_idx, table = _paged_cache(rng, kv_lens, 64, "same", jnp.bfloat16)
     got, want = _run_both(q_idx, k_idx, plan, page_table=table, scale=None, k_scale=1.0)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 @pytest.mark.parametrize("kdtype", ["same", "fp8"])
@@ -173,7 +148,7 @@ def test_decode(kdtype, head_dim):
     q_idx = jnp.asarray(rng.standard_normal((B, heads, head_dim), dtype=np.float32)).astype(jnp.bfloat16)
     got, want = _run_both(q_idx, cache, plan, page_table=table, kv_lens=jnp.asarray(lens), scale=None,
                           k_scale=0.5 if kdtype == "fp8" else 1.0)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 def test_decode_large_batch_unresolvable_pages():
@@ -191,4 +166,4 @@ def test_decode_large_batch_unresolvable_pages():
     q_idx = jnp.asarray(rng.standard_normal((B, heads, head_dim), dtype=np.float32)).astype(jnp.bfloat16)
     got, want = _run_both(q_idx, cache, plan, page_table=jnp.asarray(table), kv_lens=jnp.asarray(lens), scale=None,
                           k_scale=1.0)
-    _compare(got, want)
+    check_block_scores(got, want)

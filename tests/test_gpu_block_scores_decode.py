@@ -22,42 +22,17 @@ from msa_jax import _common as c  # noqa: E402
 from msa_jax import reference  # noqa: E402
 from msa_jax.plan import PrefillPlan  # noqa: E402
 
+from msa_cases import check_block_scores, cpu_device, gpu_device  # noqa: E402
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = [(jnp.bfloat16, "same"), (jnp.bfloat16, "fp8"), (jnp.float16, "same"), (jnp.float16, "fp8")]
 
 
-def _gpu():
-    try:
-        devs = jax.devices("gpu")
-    except RuntimeError:
-        devs = []
-    if not devs:
-        pytest.skip("no GPU")
-    return devs[0]
-
-
-def _cpu():
-    return jax.devices("cpu")[0]
-
-
-def _compare(got, want, tol=1e-2):
-    got = np.asarray(got, dtype=np.float32)
-    want = np.asarray(want, dtype=np.float32)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert not np.isnan(got).any(), "NaN in the kernel output (an element left unwritten?)"
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg="-inf pattern differs")
-    fin = np.isfinite(want)
-    assert np.isfinite(got[fin]).all()
-    if fin.any():
-        err = np.linalg.norm(got[fin] - want[fin]) / max(np.linalg.norm(want[fin]), 1e-30)
-        assert err <= tol, f"relative error {err:.3e} > {tol}"
-
-
 def _poison(shape):
     """Frees a NaN buffer of the output's size on the GPU right before the call, so the
     allocator likely hands the kernel memory that is NaN where it writes nothing."""
-    x = jax.device_put(jnp.full(shape, jnp.nan, jnp.float32), _gpu())
+    x = jax.device_put(jnp.full(shape, jnp.nan, jnp.float32), gpu_device())
     jax.block_until_ready(x)
     x.delete()
 
@@ -68,7 +43,7 @@ def _on(x, dev):
 
 def _run_both(q_idx, k_idx, plan, **kw):
     """msa_jax.block_scores on the GPU (poisoned output) and the reference on the CPU."""
-    gpu, cpu = _gpu(), _cpu()
+    gpu, cpu = gpu_device(), cpu_device()
     num_blocks = plan.num_blocks
     with jax.default_device(gpu):
         _poison((q_idx.shape[0], q_idx.shape[1], num_blocks))
@@ -122,7 +97,7 @@ def test_decode(dtype, kdtype, head_dim, heads):
     q_idx = _q(rng, (B, heads, head_dim), dtype)
     got, want = _run_both(q_idx, cache, plan, page_table=jnp.asarray(table), kv_lens=jnp.asarray(lens), scale=None,
                           k_scale=0.5 if kdtype == "fp8" else 1.0)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 @pytest.mark.parametrize("dtype,kdtype", DTYPES)
@@ -139,7 +114,7 @@ def test_ragged_rows_under_decode_dispatch(dtype, kdtype, head_dim, heads):
     cache, table = _paged(rng, len(qo), plan.max_pages, page, head_dim, kdtype, dtype)
     q_idx = _q(rng, (sum(qo), heads, head_dim), dtype)
     got, want = _run_both(q_idx, cache, plan, page_table=jnp.asarray(table), scale=-0.2, k_scale=1.0)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 @pytest.mark.parametrize("kdtype", ["same", "fp8"])
@@ -154,7 +129,7 @@ def test_one_request_holds_every_row(kdtype):
     cache, table = _paged(rng, len(qo), plan.max_pages, page, head_dim, kdtype, jnp.bfloat16)
     q_idx = _q(rng, (8, heads, head_dim), jnp.bfloat16)
     got, want = _run_both(q_idx, cache, plan, page_table=jnp.asarray(table), scale=None, k_scale=0.25)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -169,7 +144,7 @@ def test_dense_keys(causal, dtype, kdtype):
     q_idx = _q(rng, (len(qo), heads, head_dim), dtype)
     k_idx = _keys(rng, (sum(kv), head_dim), kdtype, dtype)
     got, want = _run_both(q_idx, k_idx, plan, scale=None, k_scale=1.0)
-    _compare(got, want)
+    check_block_scores(got, want)
 
 
 def test_clamped_q_indptr_pseudo_rows():
@@ -177,7 +152,7 @@ def test_clamped_q_indptr_pseudo_rows():
     # [1, 6, 6, 6, 7, 7, 7, 7, 7]: row 0 precedes every request and row 7 follows the
     # last (both -inf everywhere), request 0 holds 5 tokens, request 3 one.
     rng = np.random.default_rng(77)
-    gpu, cpu = _gpu(), _cpu()
+    gpu, cpu = gpu_device(), cpu_device()
     B, T, heads, head_dim, page = 8, 8, 16, 128, 64
     q_indptr = np.array([1, 6, 3, 6, 7, 7, 7, 7, 7], np.int32)
     kv = [300, 1, 64, 65, 2000, 9, 10, 11]
@@ -202,4 +177,4 @@ def test_clamped_q_indptr_pseudo_rows():
     with jax.default_device(cpu):
         want = np.asarray(reference.block_scores(_on(q_idx, cpu), _on(cache, cpu), plan,
                                                  page_table=jnp.asarray(table_ref), scale=scale, k_scale=0.5))
-    _compare(got, want[:, :, :num_blocks])
+    check_block_scores(got, want[:, :, :num_blocks])

@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import msa_jax  # noqa: E402
 from msa_jax import reference  # noqa: E402
 
-from msa_cases import prefill_case, quantize_fp8, random_block_ids  # noqa: E402
+from msa_cases import cpu_device, gpu_device, prefill_case, quantize_fp8, random_block_ids  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -85,21 +85,13 @@ def _direct(q, k, v, ids, plan, *, page_table=None, scale=None, k_scale=1.0, v_s
 # ----------------------------------------------------------------- helpers
 
 
-def _gpu():
-    return jax.devices("gpu")[0]
-
-
-def _cpu():
-    return jax.devices("cpu")[0]
-
-
 def _put(x, dev):
     return None if x is None else jax.device_put(x, dev)
 
 
 def _reference(case_or_args, ids, **kw):
     q, k, v, plan, pt = case_or_args
-    cpu = _cpu()
+    cpu = cpu_device()
     with jax.default_device(cpu):
         o, lse = reference.sparse_prefill(_put(q, cpu), _put(k, cpu), _put(v, cpu), _put(ids, cpu), plan,
                                           page_table=_put(pt, cpu), return_lse=True, **kw)
@@ -125,7 +117,7 @@ def _check(got_o, got_lse, want_o, want_lse, tol=TOL):
 
 
 def _run(q, k, v, ids, plan, pt=None, *, q_chunk=None, **kw):
-    gpu = _gpu()
+    gpu = gpu_device()
     with jax.default_device(gpu):
         o, lse = _direct(_put(q, gpu), _put(k, gpu), _put(v, gpu), _put(ids, gpu), plan,
                          page_table=_put(pt, gpu), q_chunk=q_chunk, **kw)
@@ -184,7 +176,7 @@ def test_all_blocks_is_dense(paged):
     nb = c.plan.num_blocks
     ids = jnp.broadcast_to(jnp.arange(nb, dtype=jnp.int32), (c.plan.total_q, 2, nb))
     got = _run(c.q, c.k, c.v, ids, c.plan, c.page_table)
-    cpu = _cpu()
+    cpu = cpu_device()
     with jax.default_device(cpu):
         want_o, want_lse = reference.attention(_put(c.q, cpu), _put(c.k, cpu), _put(c.v, cpu), c.plan,
                                                page_table=_put(c.page_table, cpu), return_lse=True)
@@ -284,7 +276,7 @@ def test_wrapper_matches_reference():
     qo, kv = [400, 130], [640, 130]
     c = prefill_case(qo, kv, hq=16, hkv=4, d=128, seed=31)
     ids = random_block_ids(np.random.default_rng(31), c.plan, 8)
-    gpu = _gpu()
+    gpu = gpu_device()
     with jax.default_device(gpu):
         f = jax.jit(lambda q, k, v, i: msa_jax.sparse_prefill(q, k, v, i, c.plan, return_lse=True))
         o, lse = jax.block_until_ready(f(_put(c.q, gpu), _put(c.k, gpu), _put(c.v, gpu), _put(ids, gpu)))
@@ -297,7 +289,7 @@ def test_end_to_end(paged):
     """msa_jax.sparse_attention on the GPU (block_scores + topk_select + sparse_prefill kernels)."""
     qo, kv = [1000, 300], [1500, 300]
     c = prefill_case(qo, kv, hq=16, hkv=4, d=128, di=64, paged=paged, seed=17)
-    gpu, cpu = _gpu(), _cpu()
+    gpu, cpu = gpu_device(), cpu_device()
     args = (c.q, c.k, c.v, c.q_idx, c.k_idx)
     with jax.default_device(gpu):
         o, ids = msa_jax.sparse_attention(*(_put(x, gpu) for x in args), c.plan, topk=4,
