@@ -15,6 +15,11 @@ inline ffi::Error invalid(const std::string& msg) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, msg);
 }
 
+// A valid call outside what a kernel supports ("op: msg").
+inline ffi::Error unimplemented(const char* op, const std::string& msg) {
+  return ffi::Error(ffi::ErrorCode::kUnimplemented, std::string(op) + ": " + msg);
+}
+
 inline std::string dims_str(const ffi::AnyBuffer& b) {
   std::string s = "[";
   auto d = b.dimensions();

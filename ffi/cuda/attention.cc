@@ -21,10 +21,6 @@ namespace {
 
 constexpr const char* kOp = "msa_attention";
 
-ffi::Error unimplemented(const std::string& msg) {
-  return ffi::Error(ffi::ErrorCode::kUnimplemented, std::string(kOp) + ": " + msg);
-}
-
 ffi::Error AttentionCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                              ffi::Buffer<ffi::S32> q_indptr, ffi::Buffer<ffi::S32> kv_indptr,
                              ffi::Buffer<ffi::S32> kv_lens, ffi::Buffer<ffi::S32> page_table, float scale,
@@ -46,15 +42,16 @@ ffi::Error AttentionCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuff
 
   // What the CUDA kernel supports (clear Unimplemented errors otherwise).
   if (q.element_type() == ffi::DataType::F32)
-    return unimplemented("the CUDA kernel supports bfloat16 / float16 queries, not float32 (cast q, k, v, or run "
-                         "on the CPU)");
+    return msa::unimplemented(kOp,
+                              "the CUDA kernel supports bfloat16 / float16 queries, not float32 (cast q, k, v, or run "
+                              "on the CPU)");
   if (d != 64 && d != 128)
-    return unimplemented("the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(d));
+    return msa::unimplemented(kOp, "the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(d));
   if (paged && a.kv.page_size % 64 != 0)
-    return unimplemented("the CUDA kernel needs page_size to be a multiple of 64, got " +
+    return msa::unimplemented(kOp, "the CUDA kernel needs page_size to be a multiple of 64, got " +
                          std::to_string(a.kv.page_size));
   if (nb > 0 && block_size % 64 != 0)
-    return unimplemented("the CUDA kernel needs block_size to be a multiple of 64 for block maxima, got " +
+    return msa::unimplemented(kOp, "the CUDA kernel needs block_size to be a multiple of 64 for block maxima, got " +
                          std::to_string(block_size));
 
   msa::cuda::AttentionParams p{};
@@ -89,7 +86,7 @@ ffi::Error AttentionCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuff
   if (t * hq == 0) return ffi::Error::Success();  // nothing to write
   const char* why = nullptr;
   if (!msa::cuda::attention_supported(p, &why))
-    return unimplemented(std::string("configuration not supported by the CUDA kernel: ") + (why ? why : "?"));
+    return msa::unimplemented(kOp, std::string("configuration not supported by the CUDA kernel: ") + (why ? why : "?"));
   return msa::cuda_status(kOp, msa::cuda::launch_attention(p, stream));
 }
 

@@ -31,8 +31,7 @@ ffi::Error BlockScoresCudaImpl(cudaStream_t stream, ffi::AnyBuffer q_idx, ffi::A
   auto qd = q_idx.dimensions();
   const int64_t T = qd[0], H = qd[1], D = qd[2];
   if (D != 64 && D != 128)
-    return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                      "msa_block_scores: the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(D));
+    return msa::unimplemented(kOp, "the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(D));
 
   msa::cuda::BlockScoresParams p{};
   if (!msa::to_elem_type(q_idx.element_type(), &p.q_type) || !msa::to_elem_type(k_idx.element_type(), &p.k_type))
@@ -72,9 +71,8 @@ ffi::Error BlockScoresCudaImpl(cudaStream_t stream, ffi::AnyBuffer q_idx, ffi::A
   }
   if (block_size <= 0) return msa::invalid("msa_block_scores: block_size must be positive");
   if (block_size % 64 != 0)
-    return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                      "msa_block_scores: the CUDA kernel needs block_size (and page_size) to be a multiple of "
-                      "64, got " + std::to_string(block_size));
+    return msa::unimplemented(kOp, "the CUDA kernel needs block_size (and page_size) to be a multiple of 64, got " +
+                                       std::to_string(block_size));
 
   // Output [T, H, NB].
   auto od = scores->dimensions();
@@ -103,7 +101,7 @@ ffi::Error BlockScoresCudaImpl(cudaStream_t stream, ffi::AnyBuffer q_idx, ffi::A
   p.paged = paged;
   if (T * H == 0 || NB == 0) return ffi::Error::Success();  // nothing to write
   if (!msa::cuda::block_scores_supported(p))
-    return ffi::Error(ffi::ErrorCode::kUnimplemented, "msa_block_scores: configuration not supported on CUDA");
+    return msa::unimplemented(kOp, "configuration not supported on CUDA");
   return msa::cuda_status(kOp, msa::cuda::launch_block_scores(p, stream));
 }
 

@@ -22,10 +22,6 @@ namespace {
 
 constexpr const char* kOp = "msa_decode";
 
-ffi::Error unimplemented(const std::string& msg) {
-  return ffi::Error(ffi::ErrorCode::kUnimplemented, std::string(kOp) + ": " + msg);
-}
-
 ffi::Error DecodeCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k_cache, ffi::AnyBuffer v_cache,
                           ffi::Buffer<ffi::S32> page_table, ffi::Buffer<ffi::S32> kv_lens,
                           ffi::Buffer<ffi::S32> block_ids, float scale, float k_scale, float v_scale, bool sparse,
@@ -51,19 +47,19 @@ ffi::Error DecodeCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer 
   // What the CUDA kernels implement.
   msa::cuda::DecodeParams p{};
   if (q.element_type() != ffi::DataType::BF16 && q.element_type() != ffi::DataType::F16)
-    return unimplemented("the CUDA kernel supports bfloat16 and float16 queries (float32 runs on the CPU)");
+    return msa::unimplemented(kOp, "the CUDA kernel supports bfloat16 and float16 queries (float32 runs on the CPU)");
   if (k_cache.element_type() != v_cache.element_type())
-    return unimplemented("the CUDA kernel needs k_cache and v_cache of the same dtype");
+    return msa::unimplemented(kOp, "the CUDA kernel needs k_cache and v_cache of the same dtype");
   if (!msa::to_elem_type(q.element_type(), &p.q_type) || !msa::to_elem_type(k_cache.element_type(), &p.kv_type))
     return msa::invalid(std::string(kOp) + ": unsupported dtype");
   if (D != 64 && D != 128)
-    return unimplemented("the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(D));
+    return msa::unimplemented(kOp, "the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(D));
   const int64_t ps = a.kv.page_size, P = a.kv.max_pages, Hkv = a.kv.num_heads;
   if (ps > (int64_t(1) << 20) || P * ps > INT32_MAX)
-    return unimplemented("the CUDA kernel needs page_size <= 2^20 and max_pages * page_size < 2^31, got "
+    return msa::unimplemented(kOp, "the CUDA kernel needs page_size <= 2^20 and max_pages * page_size < 2^31, got "
                          "page_size " + std::to_string(ps) + ", max_pages " + std::to_string(P));
   if (a.kv.num_pages * Hkv * ps > int64_t(0xffffffff))
-    return unimplemented("the CUDA kernel needs num_pages * kv_heads * page_size < 2^32 cache rows");
+    return msa::unimplemented(kOp, "the CUDA kernel needs num_pages * kv_heads * page_size < 2^32 cache rows");
   const int64_t K = sparse ? bd[2] : 0;
   const int64_t n = sparse ? K : P;
   if (!msa::cuda::decode_splits_ok(n, num_splits))
@@ -79,7 +75,7 @@ ffi::Error DecodeCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer 
   if (need > 0 && (reinterpret_cast<uintptr_t>(scratch->untyped_data()) & 15u) != 0)
     return msa::invalid(std::string(kOp) + ": scratch must be 16-byte aligned");
   if (B * Hkv * ((a.group + 15) / 16) * num_splits > INT32_MAX)
-    return unimplemented("too many CTAs (B * Hkv * ceil(G / 16) * num_splits >= 2^31)");
+    return msa::unimplemented(kOp, "too many CTAs (B * Hkv * ceil(G / 16) * num_splits >= 2^31)");
 
   p.q = q.untyped_data();
   p.k_cache = k_cache.untyped_data();
@@ -105,7 +101,7 @@ ffi::Error DecodeCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer 
   p.v_scale = v_scale;
   p.num_splits = num_splits;
   if (B * Hq == 0) return ffi::Error::Success();  // nothing to write
-  if (!msa::cuda::decode_supported(p)) return unimplemented("configuration not supported on CUDA");
+  if (!msa::cuda::decode_supported(p)) return msa::unimplemented(kOp, "configuration not supported on CUDA");
   return msa::cuda_status(kOp, msa::cuda::launch_decode(p, stream));
 }
 

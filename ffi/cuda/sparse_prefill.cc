@@ -10,6 +10,7 @@
 
 #include "cuda/sparse_prefill/sparse_prefill.h"
 #include "ffi/common/attn_args.h"
+#include "ffi/common/checks.h"
 #include "ffi/cuda/elem_type.h"
 #include "ffi/cuda/launch_check.h"
 #include "ffi/handlers.h"
@@ -19,10 +20,6 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr const char* kOp = "msa_sparse_prefill";
-
-ffi::Error unimplemented(const std::string& msg) {
-  return ffi::Error(ffi::ErrorCode::kUnimplemented, std::string(kOp) + ": " + msg);
-}
 
 ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                                  ffi::Buffer<ffi::S32> block_ids, ffi::Buffer<ffi::S32> q_indptr,
@@ -48,13 +45,16 @@ ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::Any
 
   // What the CUDA kernels implement.
   if (q.element_type() == ffi::DataType::F32)
-    return unimplemented("the CUDA kernel supports bfloat16 / float16 queries, not float32");
+    return msa::unimplemented(kOp, "the CUDA kernel supports bfloat16 / float16 queries, not float32");
   if (k.element_type() != v.element_type())
-    return unimplemented("the CUDA kernel needs k and v of the same dtype");
-  if (D != 64 && D != 128) return unimplemented("the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(D));
+    return msa::unimplemented(kOp, "the CUDA kernel needs k and v of the same dtype");
+  if (D != 64 && D != 128)
+    return msa::unimplemented(kOp, "the CUDA kernel supports head_dim 64 and 128, got " + std::to_string(D));
   if (block_size != 64 && block_size != 128)
-    return unimplemented("the CUDA kernel supports block_size (page_size) 64 and 128, got " + std::to_string(block_size));
-  if (a.group > 128) return unimplemented("the CUDA kernel supports Hq / Hkv <= 128, got " + std::to_string(a.group));
+    return msa::unimplemented(kOp, "the CUDA kernel supports block_size (page_size) 64 and 128, got " +
+                                       std::to_string(block_size));
+  if (a.group > 128)
+    return msa::unimplemented(kOp, "the CUDA kernel supports Hq / Hkv <= 128, got " + std::to_string(a.group));
 
   msa::cuda::SparsePrefillParams p{};
   if (!msa::to_elem_type(q.element_type(), &p.q_type) || !msa::to_elem_type(k.element_type(), &p.kv_type))
@@ -107,7 +107,7 @@ ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::Any
   p.causal = causal;
   p.paged = paged;
   if (T * Hq == 0) return ffi::Error::Success();  // nothing to write
-  if (!msa::cuda::sparse_prefill_supported(p)) return unimplemented("configuration not supported on CUDA");
+  if (!msa::cuda::sparse_prefill_supported(p)) return msa::unimplemented(kOp, "configuration not supported on CUDA");
   return msa::cuda_status(kOp, msa::cuda::launch_sparse_prefill(p, stream));
 }
 
