@@ -16,16 +16,12 @@
 #include <cstdint>
 
 #include "cuda/block_scores/tile_scheduler.cuh"
+#include "cuda/common/int_math.cuh"
 
 namespace msa::cuda::attention {
 
 using block_scores::TileInfo;
 
-__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
-}
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Slots per KV head (the grid is slots * kv_heads CTAs).
 __host__ __device__ inline int64_t num_tile_slots(int64_t total_q, int64_t group, int64_t batch, int block_m) {

@@ -27,6 +27,7 @@
 #include "cuda/block_scores/fp8_convert.cuh"
 #include "cuda/block_scores/kernel_traits.cuh"
 #include "cuda/block_scores/tile_scheduler.cuh"
+#include "cuda/common/int_math.cuh"
 
 namespace msa::cuda::block_scores {
 
@@ -38,11 +39,6 @@ struct KernelArgs {
   bool negate_q;         // scale * k_scale < 0: max of -q.k, then * |scale|
 };
 
-__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
-}
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // -inf for rows [row_begin, row_end) x blocks [c_begin, c_end): a warp per
 // row, lanes along the (contiguous) blocks.

@@ -35,6 +35,7 @@
 #include <cute/numeric/numeric_types.hpp>
 
 #include "cuda/block_scores/block_scores.h"
+#include "cuda/common/int_math.cuh"
 #include "cuda/common/mma_sm80.cuh"
 
 namespace msa::cuda::block_scores::decode_shaped {
@@ -105,10 +106,6 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   return v;
 }
 
-__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
-}
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // First of the 4 physical d of the k-step kk fragments of lane t (which of
 // them go to a0 / b0 and a2 / b1: chunk_to_b). The same map on Q and K leaves

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "cuda/common/int_math.cuh"
 #include "cuda/sparse_prefill/internal.h"
 
 namespace msa::cuda::sparse_prefill {
@@ -13,9 +14,6 @@ namespace {
 
 constexpr int kScanThreads = 1024;
 
-__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
-  return x < lo ? lo : (x > hi ? hi : x);
-}
 
 // Block-wide inclusive scan (sum or max) of one int64 per thread; *total gets
 // the block-wide result. blockDim.x == kScanThreads.
