@@ -1,14 +1,15 @@
 """Times msa_jax.decode under alternative split-K rules, to tune decode_num_splits (GPU).
 
 The kernel takes num_splits as an attribute and msa_jax.decode computes it at trace time by
-calling msa_jax.decode.decode_num_splits, so swapping that function in this process tries a
-rule without touching the library. Prints, per (cache dtype, B, L), the rules sorted by time.
+calling msa_jax.decode.decode_num_splits, so swapping that function in this process (for the
+same rule with other constants) tries a rule without touching the library. Prints, per (cache dtype, B, L), the rules sorted by time.
 A rule that wins must then be written into msa_jax/decode.py and its C++ mirror in
 cuda/decode/decode.h.
 
     python benchmarks/tune_decode_splits.py
 """
 
+import functools
 import pathlib
 import sys
 
@@ -27,16 +28,6 @@ CTA_TARGETS = (2048, 1024, 768)
 MIN_PAGES_PER_SPLIT = (4, 8, 16)
 
 
-def split_rule(cta_target: int, min_pages: int):
-    """The shipped rule (cta_target 2048, min_pages 4) with its two constants free."""
-    def rule(batch, kv_heads, max_pages, topk):
-        n = topk if topk > 0 else max_pages
-        s = -(-cta_target // max(batch * kv_heads, 1))
-        s = min(s, -(-n // min_pages), 1024)
-        return max(s, -(-n // 1024), 1)
-    return rule
-
-
 def main() -> None:
     shipped = decode_module.decode_num_splits
     dev = jax.devices()[0]
@@ -49,7 +40,7 @@ def main() -> None:
                 results = []
                 for target in CTA_TARGETS:
                     for min_pages in MIN_PAGES_PER_SPLIT:
-                        rule = split_rule(target, min_pages)
+                        rule = functools.partial(shipped, cta_target=target, min_pages=min_pages)
                         decode_module.decode_num_splits = rule
                         fn = jax.jit(lambda q, k, v, pt, lens: msa_jax.decode(q, k, v, pt, lens, plan))
                         t = bench_ops.bench(fn, [[q, k, v, pt, lens]], 30, 100)

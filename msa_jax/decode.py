@@ -18,12 +18,14 @@ __all__ = ["decode", "decode_num_splits", "decode_scratch_bytes"]
 # Split-K schedule of the GPU kernel, from static shapes only (mirror of
 # cuda/decode/decode.h): about 2048 CTAs, >= 4 pages and <= 1024 pages (or
 # selected blocks) per split; partials (f32 o and lse) go to a scratch output.
-def decode_num_splits(batch: int, num_kv_heads: int, max_pages: int, topk: int) -> int:
+def decode_num_splits(batch: int, num_kv_heads: int, max_pages: int, topk: int, *, cta_target: int = 2048,
+                      min_pages: int = 4) -> int:
+    """(cta_target, min_pages: the rule's constants, free for benchmarks/tune_decode_splits.py.)"""
     n = topk if topk > 0 else max_pages
     if n <= 0:
         return 1
-    s = -(-2048 // max(batch * num_kv_heads, 1))
-    s = min(s, -(-n // 4), 1024)
+    s = -(-cta_target // max(batch * num_kv_heads, 1))
+    s = min(s, -(-n // min_pages), 1024)
     return max(s, -(-n // 1024), 1)
 
 
