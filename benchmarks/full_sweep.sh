@@ -23,9 +23,4 @@ if [[ $part == decode || $part == all ]]; then
   run decode_fp8 --dtype fp8 --sections decode --decode-b 32,8 --decode-k 32768,131072
   run sparse_decode_1m --sections sparse_decode --decode-b 8 --decode-k 1048576
 fi
-python3 "$(dirname "$0")/tsv_to_md.py" "$out"/*.tsv > "$out/summary.md" && \
-python3 -c "
-import sys, csv, glob; sys.path.insert(0, '$(dirname "$0")')
-from bench_sparse_attention_ops import plot
-rows = [r for f in sorted(glob.glob('$out/*.tsv')) for r in list(csv.reader(open(f), delimiter='\t'))[1:]]
-plot(rows, '$out/sweep.png')"
+python3 "$(dirname "$0")/tsv_to_md.py" --plot "$out/sweep.png" "$out"/*.tsv > "$out/summary.md"
