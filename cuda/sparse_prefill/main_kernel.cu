@@ -16,6 +16,10 @@ cudaError_t launch(const SparsePrefillParams& p, const PassView& v, cudaStream_t
   a.v = v;
   a.scale_log2 = p.scale * p.k_scale * 1.4426950408889634f;
   a.out_scale = p.v_scale;
+  a.group = int(p.q_heads / p.kv_heads);
+  a.div_group = cutlass::FastDivmod(a.group);
+  a.div_topk = cutlass::FastDivmod(int(p.topk));
+  a.zero = 0;
   if (v.work_items == 0) return cudaSuccess;
   auto kernel = main_kernel<Tr>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
