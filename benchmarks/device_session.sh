@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 t0=$(date +%s)
-MSA_JAX_CUDA=ON MSA_JAX_CUDA_ARCHS="${MSA_JAX_CUDA_ARCHS:-90a-real}" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+MSA_JAX_CUDA=ON MSA_JAX_CUDA_ARCHS="${MSA_JAX_CUDA_ARCHS:-90a-real}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
   python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1 \
   || { tail -60 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"

@@ -10,6 +10,7 @@ cuda/decode/decode.h.
 """
 
 import functools
+import importlib
 import pathlib
 import sys
 
@@ -18,14 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 
 import msa_jax
-import msa_jax.decode as decode_module
+
+# msa_jax.decode is also the name of the re-exported function: fetch the module itself.
+decode_module = importlib.import_module("msa_jax.decode")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_sparse_attention_ops as bench_ops  # noqa: E402
 
 CASES = ((8, 32768), (8, 131072), (32, 32768))       # (B, kv_len): the short-per-split cases
-CTA_TARGETS = (2048, 1024, 768)
-MIN_PAGES_PER_SPLIT = (4, 8, 16)
+CTA_TARGETS = (4096, 2048, 1584, 1188, 1024, 512)  # 1584 / 1188: 4 / 3 waves of 132 SMs x 3 CTAs
+MIN_PAGES_PER_SPLIT = (2, 4, 8, 16)
 
 
 def main() -> None:
