@@ -14,7 +14,7 @@ if [[ $part == prefill || $part == all ]]; then
   run e2e --sections e2e --heads 64/4 --seqs 8192,32768,131072,262144,524288
 fi
 if [[ $part == sparse || $part == all ]]; then
-  run sparse_prefill --sections sparse_prefill --seqs 32768,131072
+  run sparse_prefill --sections sparse_prefill --seqs 32768,131072,524288
   run index_bf16 --sections index,topk --seqs 32768,131072
   run index_fp8 --dtype fp8 --sections index --seqs 32768,131072
 fi

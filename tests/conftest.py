@@ -1,8 +1,13 @@
-"""Test setup: 8 virtual CPU devices (shard_map tests), CPU pinning, GPU skipping."""
+"""Test setup: 8 virtual CPU devices (shard_map tests), poisoned GPU outputs, CPU pinning, GPU skipping."""
 
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The CUDA handlers fill every output with NaN / 0x7F7F7F7F before each launch
+# (ffi/cuda/poison.h), so an element a kernel fails to write fails the test instead
+# of passing on stale memory. Read once per process, before msa_jax loads; the
+# benchmarks leave it unset (one extra memset per output).
+os.environ.setdefault("MSA_JAX_POISON_OUTPUTS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

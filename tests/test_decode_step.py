@@ -69,6 +69,7 @@ def test_decode_step_same_bits_with_command_buffers(tmp_path):
                                           "--xla_gpu_graph_min_graph_size=1")
     for key in ("o", "k", "lens"):
         np.testing.assert_array_equal(plain[key], graph[key])
+    assert not np.isnan(graph["o"]).any(), "NaN (poison) left in o"
     assert int(graph["cache_size"]) == 1
 
 

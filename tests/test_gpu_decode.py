@@ -187,7 +187,9 @@ def test_gpu_decode_bitwise_deterministic(sparse, cache):
     ids = _sparse_ids(np.random.default_rng(9), plan, lens, 16, pt.shape[1]) if sparse else None
     q, k, v, pt, lens_a, ids = _on_gpu(q, k, v, pt, lens_a, ids)
     step = jax.jit(lambda *a: msa_jax.decode(*a, plan, block_ids=ids, k_scale=ks, v_scale=vs, return_lse=True))
-    first = [np.asarray(x).tobytes() for x in step(q, k, v, pt, lens_a)]
+    first = [np.asarray(x) for x in step(q, k, v, pt, lens_a)]
+    assert not any(np.isnan(x.astype(np.float32)).any() for x in first), "NaN (poison) left in an output"
+    first = [x.tobytes() for x in first]
     for _ in range(3):
         assert [np.asarray(x).tobytes() for x in step(q, k, v, pt, lens_a)] == first
 

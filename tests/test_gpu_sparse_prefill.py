@@ -122,7 +122,10 @@ def _run(q, k, v, ids, plan, pt=None, *, q_chunk=None, **kw):
         o, lse = _direct(_put(q, gpu), _put(k, gpu), _put(v, gpu), _put(ids, gpu), plan,
                          page_table=_put(pt, gpu), q_chunk=q_chunk, **kw)
         o, lse = jax.block_until_ready((o, lse))
-    return np.asarray(o.astype(jnp.float32)), np.asarray(lse)
+    o, lse = np.asarray(o.astype(jnp.float32)), np.asarray(lse)
+    # Also for the tests that only compare two GPU runs (bitwise equal poison would pass).
+    assert not np.isnan(o).any() and not np.isnan(lse).any(), "NaN (poison) left in o or lse"
+    return o, lse
 
 
 # ----------------------------------------------------------------- tests
@@ -304,6 +307,7 @@ def test_end_to_end(paged):
         want_o, _ = _reference((c.q, c.k, c.v, c.plan, c.page_table), jnp.asarray(ids))
         full = np.asarray(reference.sparse_attention(*(_put(x, cpu) for x in args), c.plan, topk=4,
                                                      page_table=_put(c.page_table, cpu)).astype(jnp.float32))
+    assert ((ids >= -1) & (ids < c.plan.num_blocks)).all(), "block id out of range (0x7F7F7F7F poison left?)"
     assert (ids == want_ids).mean() > 0.98
     e = np.linalg.norm(o - want_o) / np.linalg.norm(want_o)
     assert e <= TOL, f"o vs reference on the same ids: {e:.3e}"

@@ -13,6 +13,7 @@
 #include "ffi/common/checks.h"
 #include "ffi/cuda/elem_type.h"
 #include "ffi/cuda/launch_check.h"
+#include "ffi/cuda/poison.h"
 #include "ffi/handlers.h"
 
 namespace ffi = xla::ffi;
@@ -87,6 +88,9 @@ ffi::Error AttentionCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuff
   const char* why = nullptr;
   if (!msa::cuda::attention_supported(p, &why))
     return msa::unimplemented(kOp, std::string("configuration not supported by the CUDA kernel: ") + (why ? why : "?"));
+  MSA_RETURN_IF_ERROR(msa::poison_output(kOp, *o, stream));
+  MSA_RETURN_IF_ERROR(msa::poison_output(kOp, *lse, stream));
+  MSA_RETURN_IF_ERROR(msa::poison_output(kOp, *block_max, stream));  // empty unless requested
   return msa::cuda_status(kOp, msa::cuda::launch_attention(p, stream));
 }
 

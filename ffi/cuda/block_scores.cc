@@ -11,6 +11,7 @@
 #include "ffi/common/checks.h"
 #include "ffi/cuda/elem_type.h"
 #include "ffi/cuda/launch_check.h"
+#include "ffi/cuda/poison.h"
 #include "ffi/handlers.h"
 
 namespace ffi = xla::ffi;
@@ -102,6 +103,7 @@ ffi::Error BlockScoresCudaImpl(cudaStream_t stream, ffi::AnyBuffer q_idx, ffi::A
   if (T * H == 0 || NB == 0) return ffi::Error::Success();  // nothing to write
   if (!msa::cuda::block_scores_supported(p))
     return msa::unimplemented(kOp, "configuration not supported on CUDA");
+  MSA_RETURN_IF_ERROR(msa::poison_output(kOp, *scores, stream));
   return msa::cuda_status(kOp, msa::cuda::launch_block_scores(p, stream));
 }
 

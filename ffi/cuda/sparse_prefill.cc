@@ -13,6 +13,7 @@
 #include "ffi/common/checks.h"
 #include "ffi/cuda/elem_type.h"
 #include "ffi/cuda/launch_check.h"
+#include "ffi/cuda/poison.h"
 #include "ffi/handlers.h"
 
 namespace ffi = xla::ffi;
@@ -108,6 +109,8 @@ ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::Any
   p.paged = paged;
   if (T * Hq == 0) return ffi::Error::Success();  // nothing to write
   if (!msa::cuda::sparse_prefill_supported(p)) return msa::unimplemented(kOp, "configuration not supported on CUDA");
+  MSA_RETURN_IF_ERROR(msa::poison_output(kOp, *o, stream));  // scratch: internal, not poisoned
+  MSA_RETURN_IF_ERROR(msa::poison_output(kOp, *lse, stream));
   return msa::cuda_status(kOp, msa::cuda::launch_sparse_prefill(p, stream));
 }
 

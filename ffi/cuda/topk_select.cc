@@ -10,6 +10,7 @@
 #include "cuda/topk_select/topk_select.h"
 #include "ffi/common/checks.h"
 #include "ffi/cuda/launch_check.h"
+#include "ffi/cuda/poison.h"
 #include "ffi/handlers.h"
 
 namespace ffi = xla::ffi;
@@ -86,6 +87,7 @@ ffi::Error TopkSelectCudaImpl(cudaStream_t stream, ffi::AnyBuffer scores,
   p.block_size = block_size;
   p.causal = causal;
   p.num_splits = num_splits;
+  MSA_RETURN_IF_ERROR(msa::poison_output(kOp, *ids, stream));  // scratch: internal, not poisoned
   return msa::cuda_status(kOp, msa::cuda::launch_topk_select(p, stream));
 }
 
