@@ -6,7 +6,8 @@ same rule with other constants) tries a rule without touching the library. Print
 A rule that wins must then be written into msa_jax/decode.py and its C++ mirror in
 cuda/decode/decode.h.
 
-    python benchmarks/tune_decode_splits.py
+    python benchmarks/tune_decode_splits.py                # the grid below
+    python benchmarks/tune_decode_splits.py 2048:4 1024:16  # only these (cta_target:min_pages) rules
 """
 
 import functools
@@ -33,6 +34,8 @@ MIN_PAGES_PER_SPLIT = (2, 4, 8, 16)
 
 def main() -> None:
     shipped = decode_module.decode_num_splits
+    rules = [tuple(int(x) for x in a.split(":")) for a in sys.argv[1:]] or [
+        (t, m) for t in CTA_TARGETS for m in MIN_PAGES_PER_SPLIT]
     dev = jax.devices()[0]
     rng = np.random.default_rng(0)
     try:
@@ -41,13 +44,12 @@ def main() -> None:
                 plan = msa_jax.plan_decode(B, L, num_q_heads=64, num_kv_heads=4, head_dim=128)
                 q, k, v, pt, lens, _ = bench_ops._paged_decode_inputs(dev, B, L, 64, 4, 128, dtype, rng)
                 results = []
-                for target in CTA_TARGETS:
-                    for min_pages in MIN_PAGES_PER_SPLIT:
-                        rule = functools.partial(shipped, cta_target=target, min_pages=min_pages)
-                        decode_module.decode_num_splits = rule
-                        fn = jax.jit(lambda q, k, v, pt, lens: msa_jax.decode(q, k, v, pt, lens, plan))
-                        t = bench_ops.bench(fn, [[q, k, v, pt, lens]], 30, 100)
-                        results.append((t.median_ms, target, min_pages, rule(B, 4, plan.max_pages, 0)))
+                for target, min_pages in rules:
+                    rule = functools.partial(shipped, cta_target=target, min_pages=min_pages)
+                    decode_module.decode_num_splits = rule
+                    fn = jax.jit(lambda q, k, v, pt, lens: msa_jax.decode(q, k, v, pt, lens, plan))
+                    t = bench_ops.bench(fn, [[q, k, v, pt, lens]], 30, 100)
+                    results.append((t.median_ms, target, min_pages, rule(B, 4, plan.max_pages, 0)))
                 results.sort()
                 print(jnp.dtype(dtype).name, f"B={B} L={L}:", " ".join(
                     f"{ms:.4f}ms(target={t},min_pages={m},splits={s})" for ms, t, m, s in results), flush=True)

@@ -18,12 +18,21 @@ __all__ = ["decode", "decode_num_splits", "decode_scratch_bytes"]
 # Split-K schedule of the GPU kernel, from static shapes only (mirror of
 # cuda/decode/decode.h): about 2048 CTAs, >= 4 pages and <= 1024 pages (or
 # selected blocks) per split; partials (f32 o and lse) go to a scratch output.
-def decode_num_splits(batch: int, num_kv_heads: int, max_pages: int, topk: int, *, cta_target: int = 2048,
-                      min_pages: int = 4) -> int:
-    """(cta_target, min_pages: the rule's constants, free for benchmarks/tune_decode_splits.py.)"""
+def decode_num_splits(batch: int, num_kv_heads: int, max_pages: int, topk: int, *,
+                      cta_target: Optional[int] = None, min_pages: Optional[int] = None) -> int:
+    """Split-K count of :func:`decode` from static shapes (mirror of cuda/decode/decode.h).
+
+    Dense (topk == 0): aim at ~1024 CTAs with >= 16 pages per split; sparse (topk > 0): ~2048
+    CTAs with >= 4 of the K pages per split. (cta_target, min_pages override the constants, for
+    benchmarks/tune_decode_splits.py.)
+    """
     n = topk if topk > 0 else max_pages
     if n <= 0:
         return 1
+    if cta_target is None:
+        cta_target = 2048 if topk > 0 else 1024
+    if min_pages is None:
+        min_pages = 4 if topk > 0 else 16
     s = -(-cta_target // max(batch * num_kv_heads, 1))
     s = min(s, -(-n // min_pages), 1024)
     return max(s, -(-n // 1024), 1)

@@ -221,9 +221,10 @@ def test_decode_split_rules_mirror_the_launcher():
     """msa_jax/decode.py mirrors cuda/decode/decode.h (values computed from the C++ rule)."""
     mod = importlib.import_module("msa_jax.decode")
     ns, sb = mod.decode_num_splits, mod.decode_scratch_bytes
-    assert ns(32, 4, 256, 0) == 16          # B=32 x 32K, 4 kv heads
-    assert ns(8, 4, 1024, 0) == 64          # B=8 x 128K
-    assert ns(1, 1, 8192, 0) == 1024        # 1M tokens: 8 pages per split
+    assert ns(32, 4, 256, 0) == 8           # B=32 x 32K, 4 kv heads
+    assert ns(8, 4, 1024, 0) == 32          # B=8 x 128K
+    assert ns(8, 4, 256, 0) == 16           # B=8 x 32K: >= 16 pages per split
+    assert ns(1, 1, 8192, 0) == 512         # 1M tokens: 16 pages per split
     assert ns(1, 1, 2 * 10 ** 6, 0) == 1954  # >= ceil(P / 1024) always
     assert ns(5, 4, 4, 0) == 1 and ns(5, 4, 0, 0) == 1
     assert ns(32, 4, 256, 16) == 4 and ns(2, 1, 8, 3) == 1

@@ -60,25 +60,31 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 }  // namespace decode_detail
 
 // The split count the Python wrapper passes as `num_splits`, from static
-// shapes only (the SM count is not known there: ~132 SMs and 2 CTAs/SM are
-// assumed). n = max_pages (dense, k_or_0 == 0) or K (sparse). Aim at ~2048
-// CTAs (~8 waves, small tail quantisation) but give every split >= 4 pages
-// of capacity, never more than 1024 pages (the shared-memory page list),
-// and at most 1024 splits.
+// shapes only (the SM count is not known there). n = max_pages (dense,
+// k_or_0 == 0) or K (sparse). Dense: aim at ~1024 CTAs but give every split
+// >= 16 pages of capacity (per-CTA fixed costs: page list, pipeline fill,
+// partial write; benchmarks/tune_decode_splits.py on an H200 preferred this
+// to 2048 / 4, most for short contexts and fp8 caches). Sparse: ~2048 CTAs,
+// >= 4 of the K pages per split (K is small: enough CTAs matter more). Never
+// more than 1024 pages per split (the shared-memory page list), at most 1024
+// splits.
 //
 // Python mirror (msa_jax/decode.py):
 //   def decode_num_splits(B, Hkv, P, K):
 //       n = K if K > 0 else P
 //       if n <= 0: return 1
-//       s = -(-2048 // max(B * Hkv, 1))
-//       s = min(s, -(-n // 4), 1024)
+//       target, min_pages = (2048, 4) if K > 0 else (1024, 16)
+//       s = -(-target // max(B * Hkv, 1))
+//       s = min(s, -(-n // min_pages), 1024)
 //       return max(s, -(-n // 1024), 1)
 inline int64_t decode_num_splits(int64_t batch, int64_t kv_heads, int64_t max_pages, int64_t k_or_0) {
   using namespace decode_detail;
-  const int64_t n = k_or_0 > 0 ? k_or_0 : max_pages;
+  const bool sparse = k_or_0 > 0;
+  const int64_t n = sparse ? k_or_0 : max_pages;
   if (n <= 0) return 1;
-  int64_t s = ceil_div(2048, std::max<int64_t>(batch * kv_heads, 1));
-  s = std::min<int64_t>({s, ceil_div(n, 4), 1024});
+  const int64_t target = sparse ? 2048 : 1024, min_pages = sparse ? 4 : 16;
+  int64_t s = ceil_div(target, std::max<int64_t>(batch * kv_heads, 1));
+  s = std::min<int64_t>({s, ceil_div(n, min_pages), 1024});
   return std::max<int64_t>({s, ceil_div(n, kDecodeMaxPagesPerSplit), 1});
 }
 
