@@ -140,3 +140,16 @@ def test_bad_index_chunk(bad):
     with pytest.raises(ValueError, match="index_chunk must be a positive int"):
         msa_jax.sparse_attention(case.q, case.k, case.v, case.q_idx, case.k_idx, case.plan, topk=2,
                                  index_chunk=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paged", [False, True])
+def test_gpu_chunked_equals_single_pass(paged):
+    """The CUDA kernels: chunks cut sequences mid-block; chunks of 1 and 4 tokens take the padding
+    sequence that keeps the prefill-shaped block_scores kernel of the single pass."""
+    case = prefill_case([300, 77, 129], [300, 500, 901], hq=8, hkv=2, d=64, di=64, dtype=jnp.bfloat16,
+                        paged=paged, seed=11)
+    _assert_same(case, [200, 37], topk=4, local_blocks=1, sink_blocks=1)
+    small = prefill_case([6, 2, 5], [70, 2, 100], hq=8, hkv=4, d=64, di=64, dtype=jnp.bfloat16, paged=paged,
+                         page_size=64, block_size=64, seed=3)
+    _assert_same(small, [1, 4], topk=2, local_blocks=1, sink_blocks=1)
