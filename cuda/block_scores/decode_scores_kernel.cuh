@@ -35,6 +35,7 @@
 #include <cute/numeric/numeric_types.hpp>
 
 #include "cuda/block_scores/block_scores.h"
+#include "cuda/block_scores/fp8_convert.cuh"
 #include "cuda/common/int_math.cuh"
 #include "cuda/common/mma_sm80.cuh"
 
@@ -44,7 +45,7 @@ template <class Elem_, bool kFp8K_, int kD_>
 struct Traits {
   using Elem = Elem_;                  // q_idx dtype (cute::bfloat16_t / cute::half_t)
   // The same 16-bit type as CUDA's, for the shared mma / fp8 pieces (cuda/common/mma_sm80.cuh).
-  using MmaElem = std::conditional_t<std::is_same_v<Elem, cute::bfloat16_t>, __nv_bfloat16, __half>;
+  using MmaElem = NativeElem<Elem>;
   static constexpr bool kFp8K = kFp8K_;
   static constexpr int kD = kD_;       // 64 or 128
   static constexpr int kWarps = 4;
@@ -122,17 +123,6 @@ __device__ __forceinline__ void neg_inf_rows(float* __restrict__ scores, int64_t
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t r = r0 + warp; r < r1; r += kWarps)
     for (int64_t c = c0 + lane; c < c1; c += 32) scores[r * nb + c] = -INFINITY;
-}
-
-// cuda/common/mma_sm80.cuh's fp8x4 (same pairing {b0, b2} / {b1, b3}, same bits) with
-// the sign shift written in C++ rather than PTX: this kernel was validated on the GPU
-// with this instruction sequence. Switch to fp8x4 after a GPU test run of the change.
-template <class Elem>
-__device__ __forceinline__ void fp8x4_cxx_shift(uint32_t w, uint32_t& even, uint32_t& odd) {
-  using F = Mma<Elem>;
-  const uint32_t sgn = w & 0x80808080u;
-  even = F::fp8_unscale(bit_select<F::kFp8Mag>(w << F::kFp8Left, sgn << 8));
-  odd = F::fp8_unscale(bit_select<F::kFp8Mag>(w >> (8 - F::kFp8Left), sgn));
 }
 
 // B fragments of the k-steps of one 16-byte chunk of a key row. 16-bit keys:

@@ -112,4 +112,15 @@ __device__ __forceinline__ void fp8x4(uint32_t w, uint32_t& even, uint32_t& odd)
   odd = Mma<Elem>::fp8_unscale(bit_select<kM>(w >> (8 - kL), sgn));  // signs 15 / 31 in place (7 / 23 masked)
 }
 
+// fp8x4 with the sign shift written in C++ (the same bits; the compiler picks another
+// instruction sequence): the block_scores kernels were validated on the GPU with this
+// sequence. Switch them to fp8x4 after a GPU test run of that change.
+template <class Elem>
+__device__ __forceinline__ void fp8x4_cxx_shift(uint32_t w, uint32_t& even, uint32_t& odd) {
+  using F = Mma<Elem>;
+  const uint32_t sgn = w & 0x80808080u;
+  even = F::fp8_unscale(bit_select<F::kFp8Mag>(w << F::kFp8Left, sgn << 8));
+  odd = F::fp8_unscale(bit_select<F::kFp8Mag>(w >> (8 - F::kFp8Left), sgn));
+}
+
 }  // namespace msa::cuda
