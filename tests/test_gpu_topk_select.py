@@ -8,6 +8,7 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 import msa_jax  # noqa: E402
+from msa_cases import gpu_device  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -15,16 +16,11 @@ BS = 128
 
 
 def _gpu():
-    try:
-        gpus = jax.devices("gpu")
-    except RuntimeError:
-        gpus = []
-    if not gpus:
-        pytest.skip("no CUDA GPU")
+    dev = gpu_device()
     kernels = getattr(msa_jax, "cuda_kernels", None)
     if kernels is not None and "msa_topk_select" not in kernels():
         pytest.skip("this build has no CUDA msa_topk_select")
-    return gpus[0]
+    return dev
 
 
 def _scores(rng, shape, kind):
