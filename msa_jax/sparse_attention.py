@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msa_jax import _common as c
-from msa_jax.block_scores import block_scores
+from msa_jax.block_scores import block_scores, check_block_scores_inputs
 from msa_jax.plan import PrefillPlan
 from msa_jax.sparse_prefill import sparse_prefill
 from msa_jax.topk_select import topk_select
@@ -137,16 +137,8 @@ def _chunked_selection(q_idx, k_idx, plan, index_chunk, *, topk, local_blocks, s
                          f"or None (one pass), got {index_chunk!r}")
     index_chunk = int(index_chunk)
     c.check_plan(op, plan, (PrefillPlan,))
-    c.check_array(op, "q_idx", q_idx, rank=3, dtypes=c.FLOAT_DTYPES)
-    c.check_dim(op, "q_idx", q_idx, 0, plan.total_q, "the plan's query tokens")
-    if plan.paged:
-        if page_table is None:
-            raise TypeError(f"{op}: the plan is paged (page_size={plan.page_size}): page_table is required")
-        c.check_array(op, "page_table", page_table, rank=2, dtypes=(jnp.int32,))
-        c.check_dim(op, "page_table", page_table, 0, plan.batch_size, "the plan's batch size")
-    else:
-        c.check_array(op, "k_idx", k_idx, rank=2, dtypes=c.KV_DTYPES)
-        c.check_dim(op, "k_idx", k_idx, 0, plan.total_kv, "the plan's total kv tokens")
+    # Checked on the whole plan before slicing (each chunk's block_scores sees only its sub-plan).
+    check_block_scores_inputs(op, q_idx, k_idx, plan, page_table)
 
     def select(qi, ki, sub, pt):
         scores = block_scores(qi, ki, sub, page_table=pt, scale=index_scale, k_scale=index_k_scale)
