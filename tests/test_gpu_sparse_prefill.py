@@ -268,6 +268,59 @@ def test_bitwise_rerun():
         np.testing.assert_array_equal(x[1], y[1])
 
 
+def _tile_loop_outputs():
+    """Cases for test_tile_loops_bitwise: both tile-count regimes (G = 16: a warp is one query row;
+    G = 4), D = 64 / 128, bf16 / fp16, dense / paged, fp8 K/V, block_size 64, causal diagonals."""
+    outs = []
+    qo, kv = [600, 257], [900, 300]
+    for group, d, dtype, paged in ((16, 128, jnp.bfloat16, False), (4, 64, jnp.float16, True),
+                                   (8, 128, jnp.float16, True), (1, 64, jnp.bfloat16, False)):
+        c = prefill_case(qo, kv, hq=2 * group, hkv=2, d=d, dtype=dtype, paged=paged, seed=group + d)
+        ids = random_block_ids(np.random.default_rng(group * d), c.plan, 6)
+        outs.append(_run(c.q, c.k, c.v, ids, c.plan, c.page_table))
+    c = prefill_case([300, 40], [700, 300], hq=16, hkv=2, d=128, seed=9)
+    rng = np.random.default_rng(1)
+    k8, v8 = quantize_fp8(rng, c.k.shape, 0.05), quantize_fp8(rng, c.v.shape, 0.08)
+    ids = random_block_ids(np.random.default_rng(2), c.plan, 5)
+    outs.append(_run(c.q, k8, v8, ids, c.plan, k_scale=0.05, v_scale=0.08))
+    c = prefill_case([300, 70], [450, 70], hq=8, hkv=2, d=128, block_size=64, seed=4)
+    outs.append(_run(c.q, c.k, c.v, random_block_ids(np.random.default_rng(6), c.plan, 6), c.plan))
+    return outs
+
+
+def test_tile_loops_bitwise(tmp_path):
+    """The sm_90a wgmma tile loop (default) against the mma.sync one
+    (MSA_JAX_SPARSE_PREFILL_MMA_SYNC=1, read once per process: run in a child process). Same
+    softmax code, same k-step and key-tile orders, skipped tiles add exact zeros: the bits match
+    unless HGMMA and HMMA round a 16-wide dot product differently (then only this test fails, and
+    the two stay within TOL of each other). On GPUs other than sm_90 both runs use mma.sync."""
+    import os
+    import subprocess
+    import sys
+    gpu_device()
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "mma_sync.npz"
+    script = (f"import sys; sys.path.insert(0, {here!r}); import numpy as np; "
+              f"import test_gpu_sparse_prefill as t; "
+              f"o = t._tile_loop_outputs(); "
+              f"np.savez({str(out)!r}, *[x for pair in o for x in pair])")
+    env = dict(os.environ, MSA_JAX_SPARSE_PREFILL_MMA_SYNC="1", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=900)
+    ref = np.load(out)
+    got = [x for pair in _tile_loop_outputs() for x in pair]
+    assert len(got) == len(ref.files)
+    diffs = []
+    for i, x in enumerate(got):
+        y = ref[f"arr_{i}"]
+        np.testing.assert_array_equal(np.isneginf(x), np.isneginf(y))
+        fin = np.isfinite(y)
+        den = max(np.linalg.norm(y[fin]), 1e-30)
+        assert np.linalg.norm(x[fin] - y[fin]) / den <= TOL
+        if not np.array_equal(x, y):
+            diffs.append((i, int((x != y).sum()), float(np.abs(x[fin] - y[fin]).max())))
+    assert not diffs, f"wgmma vs mma.sync bits differ (output index, count, max abs diff): {diffs}"
+
+
 def test_fp32_unimplemented():
     c = prefill_case([64], [64], hq=4, hkv=1, d=64, dtype=jnp.float32, seed=0)
     ids = random_block_ids(np.random.default_rng(0), c.plan, 2)

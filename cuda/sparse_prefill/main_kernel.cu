@@ -1,56 +1,25 @@
-// Instances and launch of the sparse-prefill main kernel ({bf16, fp16} q x
-// {same dtype, fp8 e4m3} K/V x head_dim {64, 128}); grid from shapes only.
-#include <algorithm>
-#include <cmath>
+// The sparse-prefill main kernel's mma.sync instances (main_kernel.cuh,
+// kWg = false) and the launch entry point, which picks the wgmma instances
+// (main_kernel_wg.cu) unless MSA_JAX_SPARSE_PREFILL_MMA_SYNC is set to a
+// value other than "" / "0". The wgmma instances run the mma.sync code on
+// every target other than sm_90a, so the choice is safe on any GPU; the
+// variable is for A/B timing and bit comparisons of the two tile loops.
+#include <cstdlib>
 
-#include "cuda/sparse_prefill/main_kernel.cuh"
+#include "cuda/sparse_prefill/main_launch.cuh"
 
 namespace msa::cuda::sparse_prefill {
 
-namespace {
-
-template <class Tr>
-cudaError_t launch(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
-  MainArgs a{};
-  a.p = p;
-  a.v = v;
-  a.scale_log2 = p.scale * p.k_scale * 1.4426950408889634f;
-  a.out_scale = p.v_scale;
-  a.group = int(p.q_heads / p.kv_heads);
-  a.div_group = cutlass::FastDivmod(a.group);
-  a.div_topk = cutlass::FastDivmod(int(p.topk));
-  a.zero = 0;
-  if (v.work_items == 0) return cudaSuccess;
-  auto kernel = main_kernel<Tr>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  // Grid-stride over the device-side work list (its length is read by the
-  // kernel): an upper bound from shapes, capped at 16 CTAs per SM.
-  const int64_t grid = std::min<int64_t>(v.work_items, int64_t(num_sms()) * 16);
-  kernel<<<unsigned(grid), Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
-  return cudaGetLastError();
+cudaError_t launch_main_sync(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+  return main_launch::launch_all<false>(p, v, stream);
 }
-
-template <class Elem, bool kFp8>
-cudaError_t launch_d(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
-  switch (p.head_dim) {
-    case 64: return launch<Traits<Elem, kFp8, 64>>(p, v, stream);
-    case 128: return launch<Traits<Elem, kFp8, 128>>(p, v, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
-template <class Elem>
-cudaError_t launch_kv(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
-  if (p.kv_type == ElemType::kFP8E4M3) return launch_d<Elem, true>(p, v, stream);
-  return launch_d<Elem, false>(p, v, stream);
-}
-
-}  // namespace
 
 cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
-  if (p.q_type == ElemType::kBF16) return launch_kv<cute::bfloat16_t>(p, v, stream);
-  return launch_kv<cute::half_t>(p, v, stream);
+  static const bool mma_sync = [] {
+    const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_MMA_SYNC");
+    return e != nullptr && e[0] != '\0' && !(e[0] == '0' && e[1] == '\0');
+  }();
+  return mma_sync ? launch_main_sync(p, v, stream) : launch_main_wg(p, v, stream);
 }
 
 }  // namespace msa::cuda::sparse_prefill

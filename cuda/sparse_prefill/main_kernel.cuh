@@ -1,9 +1,9 @@
-// The KV-outer main kernel of msa_sparse_prefill (sm_80+ mma.sync via CuTe):
+// The KV-outer main kernel of msa_sparse_prefill (sm_80+ mma.sync via CuTe;
+// on sm_90a the two GEMMs of a key tile are wgmma, see kWg below):
 //
 //   CTA = one work item at a time (grid-stride over the device-built work
-//   list; the next item's descriptor is prefetched): one KV block
-//   (block_size = 64 or 128 tokens) of one KV head, and up to P = 128 / G
-//   query rows that selected it. The M = 128 MMA rows are
+//   list): one KV block (block_size = 64 or 128 tokens) of one KV head, and up
+//   to P = 128 / G query rows that selected it. The M = 128 MMA rows are
 //   (row p, group head hh) -> r = p * G + hh; padding rows are zero.
 //
 //   8 warps along M, warp w owns the 16-row atom [16 w, 16 w + 16): 2 CTAs
@@ -11,17 +11,36 @@
 //
 //   K (and V) of the block -> shared memory once (cp.async, swizzled; fp8:
 //   register loads converted to bf16/fp16), Q rows gathered with cp.async
-//   (groups: K + the next item's descriptor, Q, V). Per warp, for each key
-//   tile (32 keys at D = 128, 64 at D = 64) up to the last key visible to one
-//   of its rows: S = Q K^T (ldmatrix + mma.sync 16x8x16, fp32), scaled,
-//   masked (causal / length / unresolvable page; only in tiles that need it:
-//   a second copy of the tile loop), online softmax across the block's tiles,
-//   O += P V (P from registers, V^T by ldmatrix.trans). The first tile's S
-//   runs while V is still in flight. A warp whose rows are all padding
-//   computes no S.
+//   (groups: K + the next item's descriptor, Q, V, the next item's metadata).
+//   Per warp (mma.sync) or per warpgroup (wgmma), for each key tile (32 keys
+//   at D = 128, 64 at D = 64) up to the last key visible to one of its rows:
+//   S = Q K^T (fp32), scaled, masked (causal / length / unresolvable page;
+//   only in tiles that need it: a second copy of the tile loop), online
+//   softmax across the block's tiles, O += P V (P from registers). The first
+//   tile's S runs while V is still in flight. A warp (warpgroup) whose rows
+//   are all padding computes no S.
 //   Epilogue (per warp, no CTA barrier): O / l (times v_scale) -> the warp's
 //   own 16 rows of the Q tile -> 16-byte stores into the partial O
 //   [Tc, Hq, K, D]; lse = m + log l (natural log) -> partial LSE.
+//
+//   The per-item chain of dependent global loads is cut short: the next
+//   item's descriptor travels with this item's K copy, its metadata (entries,
+//   qe, len, kv base / page) is copied (cp.async) while this item computes,
+//   and each warp sets up its own 16 rows of it (Q offsets, output offsets,
+//   visible keys) after its epilogue. An item then starts with one barrier
+//   and its K, Q and V copies back to back.
+//
+//   wgmma (kWg, sm_90a only; every other target compiles the mma.sync path):
+//   warpgroup g = warps 4g..4g+3 owns rows [64 g, 64 g + 64). S = Q K^T is
+//   wgmma.m64nNk16 with both operands read from shared memory through
+//   descriptors (the swizzled Q / K layouts are the canonical K-major
+//   128-byte-swizzle layouts), P V is wgmma.m64nDk16 with P from registers
+//   (the mma.sync A layout) and V read through an MN-major descriptor (V^T
+//   without a transpose). No ldmatrix: the shared-memory reads per item drop
+//   from ~640 KB (each warp re-reads all of K and V for its 16 rows) to
+//   ~256 KB, and the MMA instructions from 2048 per item to 80 per
+//   warpgroup. The accumulators have the mma.sync layout, so the softmax and
+//   the epilogue are the same code. Tile counts are per warpgroup.
 //
 //   Integer work is kept small: every shared-memory address is one
 //   per-thread base plus compile-time offsets (XOR for the swizzle phase,
@@ -32,7 +51,9 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
+#include <cute/arch/mma_sm90_gmma.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/fast_math.h>
 
@@ -40,6 +61,14 @@
 
 #include "cuda/block_scores/fp8_convert.cuh"
 #include "cuda/sparse_prefill/internal.h"
+
+// wgmma is compiled for sm_90a device code only; every other target (and the
+// compute_80 PTX) builds the mma.sync path for both kernel instances.
+#if defined(__CUDA_ARCH__) && defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+#define MSA_SP_WGMMA 1
+#else
+#define MSA_SP_WGMMA 0
+#endif
 
 namespace msa::cuda::sparse_prefill {
 
@@ -79,6 +108,11 @@ struct Traits {
 
   static constexpr int kSmemQBytes = kM * kD * int(sizeof(Elem));
   static constexpr int kSmemKVBytes = kMaxTiles * kN * kD * int(sizeof(Elem));
+  // The wgmma descriptors' 128-byte swizzle follows address bits 7-9, so the
+  // tiles start on a 1024-byte boundary: the dynamic smem is declared
+  // __align__(kSmemAlign) (ptxas then places it at an aligned offset of the
+  // CTA's window and pads the static part: no slack needed here).
+  static constexpr int kSmemAlign = 1024;
   static constexpr int kSmemBytes = kSmemQBytes + 2 * kSmemKVBytes;
   static constexpr int kCpr = kD * int(sizeof(Elem)) / 16;  // 16-byte chunks per Elem row
   static constexpr int kRowStep = kThreads / kCpr;
@@ -287,6 +321,231 @@ __device__ __forceinline__ void st_global_16_if(void* gmem_dst, const uint4& val
       : "memory");
 }
 
+// 4-byte cp.async (through L1: the small metadata of the next item).
+__device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(cast_smem_ptr_to_uint(smem_dst)), "l"(gmem_src)
+               : "memory");
+}
+
+// ---- Per-item metadata and row setup, one warp at a time: warp w owns MMA
+// rows [16 w, 16 w + 16) of every item. It copies the metadata of those
+// rows of the next item (cp.async, while this item computes), and after its
+// own epilogue it sets those rows up. Nothing else reads a warp's rows
+// after the item's first barrier except the warp itself (the Q gather reads
+// every row's qoff before that barrier, the masked tiles and the epilogue
+// only the warp's own rows), so one buffer serves both items and no barrier
+// beyond the item's first one is needed.
+
+// The global values an item needs beyond its descriptor, copied one item
+// ahead (fetch_meta): per MMA row r the entry of its query row r / G, and per
+// warp the item's header.
+struct ItemMeta {
+  int32_t ent[kSparsePrefillRows];  // row r: entries[e_begin + r / G] (r / G < e_count): t_local * K + slot
+  int32_t hdr[8][4];                // per warp: qe[b], qe[b + 1], len[b], kvb[b] (dense) or page_table[b, c] (paged)
+};
+enum { kHdrQe0 = 0, kHdrQe1 = 1, kHdrLen = 2, kHdrKv = 3 };
+
+// The item's rows (written by row_setup, read by the Q gather, the masked
+// tiles and the epilogue) and per-warp reductions of the visible keys.
+struct RowSetup {
+  int64_t qoff[kSparsePrefillRows];  // byte offset of the row's q, -1: padding
+  int64_t out[kSparsePrefillRows];   // ((tl * Hq + h) * K + slot) * D: the row's partial O, -1: padding
+  int32_t vis[kSparsePrefillRows];   // visible keys of the row from the block start, -1: padding
+  uint32_t vis_max[8];               // warp w's rows: max(vis, 0)
+  uint32_t vis_min[8];               // min(vis, 128), padding (-1) counting as 128
+};
+
+// The item's K/V block: keys [key0, key0 + nvalid) are real (rows past nvalid
+// are zero-filled; nvalid = 0 for an unresolvable page), key j of the block
+// sits at element kv_base + j * row_stride of K (and V); row_bytes = the
+// stride in bytes of the K/V dtype.
+struct ItemKV {
+  int64_t key0, kv_base;
+  int nvalid;
+  uint32_t row_bytes;
+};
+template <class Tr>
+__device__ __forceinline__ ItemKV item_kv(const SparsePrefillParams& p, const WorkItem& it, const int32_t (&hdr)[4]) {
+  constexpr int kD = Tr::kD;
+  const int64_t Hkv = p.kv_heads;
+  const int bs = int(p.block_size);
+  ItemKV r;
+  r.key0 = int64_t(it.c) * bs;
+  const int64_t L = hdr[kHdrLen];
+  const int nkeys = int(L - r.key0 < bs ? L - r.key0 : bs);  // >= 1 (c < ceil(L / bs))
+  int64_t row_stride = 0;
+  bool kv_ok = true;
+  if (p.paged) {
+    const int64_t page = hdr[kHdrKv];
+    kv_ok = page >= 0 && page < p.num_pages;
+    r.kv_base = ((kv_ok ? page : 0) * Hkv + it.g) * p.page_size * kD;
+    row_stride = kD;
+  } else {
+    r.kv_base = ((int64_t(hdr[kHdrKv]) + r.key0) * Hkv + it.g) * kD;
+    row_stride = Hkv * kD;
+  }
+  r.nvalid = kv_ok ? (nkeys > 0 ? nkeys : 0) : 0;
+  constexpr int kKvBytes = Tr::kFp8 ? 1 : int(sizeof(typename Tr::Elem));
+  r.row_bytes = uint32_t(row_stride) * kKvBytes;
+  return r;
+}
+
+// Warp w (all lanes): cp.async of its part of the item's metadata into m:
+// lane l < 16 the entry of row 16 w + l (when its query row exists), lanes
+// 16-19 the warp's copy of the header. Same indices as the loads the kernel
+// made before the prefetch (work items come from the CSR build).
+__device__ __forceinline__ void fetch_meta(const MainArgs& a, const WorkItem& it, ItemMeta& m, int tid) {
+  const int w = tid >> 5, l = tid & 31;
+  if (l < 16) {
+    const int r = 16 * w + l;
+    int pidx, hh;
+    a.div_group(pidx, hh, r);
+    if (pidx < it.e_count) cp_async_4(&m.ent[r], a.v.entries + it.e_begin + pidx);
+  } else if (l < 20) {
+    // (Selects, not a switch: no jump table in the middle of the item.)
+    const int i = l - 16;
+    const bool page = i == kHdrKv && a.p.paged;
+    const int32_t* base = i <= kHdrQe1 ? a.v.qe : i == kHdrLen ? a.v.len : page ? a.p.page_table : a.v.kvb;
+    const int64_t idx = int64_t(it.b) * (page ? a.p.max_pages : 1) + (page ? it.c : int(i == kHdrQe1));
+    const int32_t* src = base + idx;
+    cp_async_4(&m.hdr[w][i], src);
+  }
+}
+
+// Warp w (all lanes; lane l < 16 sets up row r = 16 w + l = p * G + hh):
+// rows.{qoff, out, vis}[r] and the warp's reductions of vis, from the
+// metadata fetched by the warp itself (waited for and __syncwarp'ed by the
+// caller). The arithmetic of the previous in-loop row setup.
+template <class Tr>
+__device__ __forceinline__ void row_setup(const MainArgs& a, const WorkItem& it, const ItemMeta& m, RowSetup& rows,
+                                          int tid) {
+  constexpr int kD = Tr::kD;
+  const SparsePrefillParams& p = a.p;
+  const int64_t Hq = p.q_heads, K = p.topk;
+  const int w = tid >> 5, l = tid & 31;
+  const int32_t(&hdr)[4] = m.hdr[w];
+  int vis = -1;
+  if (l < 16) {
+    const int r = 16 * w + l;
+    const ItemKV kv = item_kv<Tr>(p, it, hdr);
+    int pidx, hh;
+    a.div_group(pidx, hh, r);
+    int64_t qoff = -1, out = -1;
+    if (pidx < it.e_count) {
+      const int32_t e = m.ent[r];  // t_local * K + slot (>= 0 by construction)
+      if (e >= 0) {
+        int tl, slot;
+        a.div_topk(tl, slot, e);
+        const int64_t t = a.v.t0 + tl;
+        const int64_t h = int64_t(it.g) * a.group + hh;
+        qoff = (t * Hq + h) * (kD * int64_t(sizeof(typename Tr::Elem)));
+        out = ((int64_t(tl) * Hq + h) * K + slot) * kD;
+        if (p.causal) {
+          const int64_t qb = hdr[kHdrQe0], ql = int64_t(hdr[kHdrQe1]) - qb, L = hdr[kHdrLen];
+          const int64_t pos = L - ql + (t - qb);
+          const int64_t lim = pos - kv.key0 + 1;
+          vis = int(lim < 0 ? 0 : (lim > kv.nvalid ? kv.nvalid : lim));
+        } else {
+          vis = kv.nvalid;
+        }
+      }
+    }
+    rows.qoff[r] = qoff;
+    rows.out[r] = out;
+    rows.vis[r] = vis;
+  }
+  // (vis <= nvalid <= block_size <= 128; padding rows and lanes >= 16: -1 ->
+  // 0 for the max, UINT_MAX -> 128 for the min.)
+  const uint32_t vmax = __reduce_max_sync(0xffffffffu, uint32_t(max(vis, 0)));
+  const uint32_t vmin = __reduce_min_sync(0xffffffffu, min(uint32_t(vis), 128u));
+  if (l == 0) {
+    rows.vis_max[w] = vmax;
+    rows.vis_min[w] = vmin;
+  }
+}
+
+// ---- wgmma (sm_90a).
+#if MSA_SP_WGMMA
+namespace gmma = cute::SM90::GMMA;
+// S = Q K^T: m64 n{kN} k16, A (Q) and B (K) from shared memory, both K-major.
+template <class Elem, int kN>
+using WgS = std::conditional_t<
+    std::is_same_v<Elem, cute::bfloat16_t>,
+    std::conditional_t<kN == 32, gmma::MMA_64x32x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>,
+                       gmma::MMA_64x64x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>>,
+    std::conditional_t<kN == 32, gmma::MMA_64x32x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>,
+                       gmma::MMA_64x64x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>>>;
+// O += P V: m64 n{kD} k16, A (P) from registers, B (V) MN-major in shared memory.
+template <class Elem, int kD>
+using WgPV = std::conditional_t<
+    std::is_same_v<Elem, cute::bfloat16_t>,
+    std::conditional_t<kD == 128, gmma::MMA_64x128x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>,
+                       gmma::MMA_64x64x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>>,
+    std::conditional_t<kD == 128, gmma::MMA_64x128x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>,
+                       gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>>>;
+
+template <class Op, class Acc, size_t... I>
+__device__ __forceinline__ void wg_ss(uint64_t desc_a, uint64_t desc_b, Acc& d, bool accumulate,
+                                      std::index_sequence<I...>) {
+  Op::fma(desc_a, desc_b, d(I)..., accumulate ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
+}
+template <class Op, class PW, class Acc, size_t... I>
+__device__ __forceinline__ void wg_rs(const PW& a, int a0, uint64_t desc_b, Acc& d, bool accumulate,
+                                      std::index_sequence<I...>) {
+  Op::fma(a(a0), a(a0 + 1), a(a0 + 2), a(a0 + 3), desc_b, d(I)...,
+          accumulate ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
+}
+template <class T>
+__device__ __forceinline__ void wg_fence_regs(T& t) {
+#pragma unroll
+  for (int i = 0; i < size(t); ++i) cute::warpgroup_fence_operand(t(i));
+}
+// Generic-proxy shared-memory writes (cp.async, st.shared) of this thread ->
+// visible to the async proxy (wgmma) after the next barrier.
+__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#endif  // MSA_SP_WGMMA
+
+// Shared-memory matrix descriptors (wgmma), 128-byte swizzle (layout type 1
+// in bits 62-63): the start address in 16-byte units in bits 0-13, the
+// leading byte offset (LBO) in bits 16-29, the stride byte offset (SBO) in
+// bits 32-45. SBO: 8-row core-matrix groups 1024 bytes apart (8 rows of 128
+// bytes) in all three operands. LBO: for the MN-major V^T, the 64-column
+// panels of a V tile (kN * 128 bytes apart); K-major operands need none (1,
+// as CuTe sets it). The descriptor is kept as its two 32-bit words: the high
+// one is a constant, and a k-step / tile / panel moves the start by adding
+// (bytes >> 4) to the low one (no carry: shared addresses are < 256 KB), as
+// CUTLASS's descriptor iterator does. Kept uniform (warp-invariant inputs
+// only), the words live in uniform registers, as HGMMA wants them.
+constexpr uint32_t kWgSbo = 1024;
+__host__ __device__ constexpr uint32_t wg_desc_hi() { return (1u << 30) | (kWgSbo >> 4); }
+__host__ __device__ constexpr uint32_t wg_desc_lo(uint32_t addr, uint32_t lbo) { return ((lbo >> 4) << 16) | (addr >> 4); }
+__host__ __device__ constexpr uint64_t wg_desc(uint32_t lo, uint32_t off_bytes) {
+  return (uint64_t(wg_desc_hi()) << 32) | uint64_t(lo + (off_bytes >> 4));
+}
+constexpr uint32_t kWgLboK = 16;  // K-major: unused (field value 1)
+template <class Tr>  // (one 64-column panel at D = 64: unused, 0 as CuTe sets it)
+constexpr uint32_t kWgLboV = Tr::kD > 64 ? Tr::kN * 128 : 0;
+// Byte offsets, from the Q rows of a warpgroup / from a K tile, of k-step ks
+// (16 columns of D): 64-column panels, 32-byte steps inside a 128-byte
+// swizzled row (the swizzle follows the absolute address, so the stepped
+// start stays consistent with the layout); from a V tile, of k-step ks (16
+// keys, 2 core-matrix groups).
+template <class Tr>
+__host__ __device__ constexpr uint32_t wg_q_off(int ks) {
+  return uint32_t((ks / 4) * Tr::kM * 128 + (ks % 4) * 32);
+}
+template <class Tr>
+__host__ __device__ constexpr uint32_t wg_k_off(int ks) {
+  return uint32_t((ks / 4) * Tr::kN * 128 + (ks % 4) * 32);
+}
+__host__ __device__ constexpr uint32_t wg_v_off(int ks) { return uint32_t(ks * 16 * 128); }
+// Tile n of the K / V region and the Q rows of warpgroup g (bytes).
+template <class Tr>
+__host__ __device__ constexpr uint32_t wg_tile_off(int n) {
+  return uint32_t(n * Tr::kN * Tr::kD * 2);
+}
+__host__ __device__ constexpr uint32_t wg_rows_off(int g) { return uint32_t(g * 64 * 128); }
+
 // K or V rows [0, 64) (and [64, 128) when the block has 128 keys) of the
 // block -> shared memory (the K/V layout of Traits); rows >= nvalid are
 // zero-filled. src points at key 0 of the block (this KV head), row_bytes is
@@ -372,28 +631,37 @@ __device__ __forceinline__ void gather_q(const void* q, const int64_t* s_qoff, t
     cp_async_16_or_zero(d + i * kStep * 64, s + off[i], s, int(off[i] >> 32));
 }
 
-template <class Tr>
+// kWg: the sm_90a wgmma tile loop (per-warpgroup tile counts); false, or any
+// target other than sm_90a: the mma.sync tile loop (per-warp tile counts).
+// Both instances exist so that the host can select the mma.sync one
+// (MSA_JAX_SPARSE_PREFILL_MMA_SYNC=1) for A/B runs and bit comparisons.
+template <class Tr, bool kWg>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(const __grid_constant__ MainArgs a) {
   using Elem = typename Tr::Elem;
   constexpr int kM = Tr::kM, kN = Tr::kN, kD = Tr::kD;
-  extern __shared__ __align__(128) uint8_t smem_[];
-  __shared__ int64_t s_qoff[kM];  // byte offset of the row's q, -1: padding
-  __shared__ int64_t s_out[kM];   // ((tl * Hq + h) * K + slot) * D: the row's partial O, -1: padding
-  __shared__ int s_vis[kM];       // visible keys of the row from the block start, -1: padding
+  constexpr bool kUseWg = kWg && MSA_SP_WGMMA;
+  extern __shared__ __align__(1024) uint8_t smem_[];
+  __shared__ RowSetup s_rows;     // this item's rows (each warp's replaced by the warp after its epilogue)
+  __shared__ ItemMeta s_meta;     // this item's metadata until its K/Q barrier, then the next one's (per warp)
   __shared__ WorkItem s_item[2];  // this item's descriptor and the next one's
 
   const SparsePrefillParams& p = a.p;
   const PassView& v = a.v;
-  const int tid = threadIdx.x, lane = tid & 31;
+  const int tid = threadIdx.x;
+  static_assert(Tr::kSmemAlign == 1024, "the __align__ of smem_");
+#if MSA_SP_WGMMA
+  // (The wgmma descriptors need it; a misplaced window traps instead of
+  // computing garbage. ptxas folds this for a compile-time offset.)
+  if constexpr (kUseWg) {
+    if (cast_smem_ptr_to_uint(smem_) & uint32_t(Tr::kSmemAlign - 1)) __trap();
+  }
+#endif
   Elem* q_smem = reinterpret_cast<Elem*>(smem_);
   Elem* k_smem = reinterpret_cast<Elem*>(smem_ + Tr::kSmemQBytes);
   Elem* v_smem = reinterpret_cast<Elem*>(smem_ + Tr::kSmemQBytes + Tr::kSmemKVBytes);
   Tensor sQ = make_tensor(make_smem_ptr(q_smem), typename Tr::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(k_smem), typename Tr::SmemLayoutKV{});
 
-  const int64_t Hq = p.q_heads, Hkv = p.kv_heads, K = p.topk;
-  const uint32_t G = uint32_t(a.group);
-  const int bs = int(p.block_size);
   // num_work <= work_items by construction (scan); clamped all the same.
   const int num_work = int(min(int64_t(*v.num_work), v.work_items));
   const int stride = int(gridDim.x);
@@ -403,8 +671,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
   // Warp w owns MMA rows [16 w, 16 w + 16) (one atom: MMA_M == 1). In the
   // m16n8 accumulator layout the thread's two rows are 16 w + lane / 4 (values
   // 0, 1) and + 8 (values 2, 3), at columns 8 j + 2 (lane % 4) + {0, 1} of
-  // n-atom j (checked on the host against CuTe's partition_C).
-  const int my_row0 = (tid >> 5) * 16 + (lane >> 2), my_row1 = my_row0 + 8;
+  // n-atom j (checked on the host against CuTe's partition_C). The wgmma
+  // m64nN accumulators of warpgroup g = w / 4 have the same per-warp layout
+  // (warp w % 4 of the warpgroup holds rows 16 (w % 4) of its 64). The
+  // epilogue recomputes the rows (my_row0 below) per item.
+  //
+  // This thread's warpgroup, in a uniform register (REDUX).
+  const uint32_t wg_u = __reduce_max_sync(0xffffffffu, uint32_t(tid >> 7));
 
   // Register views of the ldmatrix destinations (CuTe's retiling of the MMA
   // fragments); the source addresses are computed by hand (ldsm_addrs).
@@ -412,101 +685,48 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
   auto smem_thr_copy_k = make_tiled_copy_B(typename Tr::SmemCopyAtom{}, tiled_mma).get_thread_slice(tid);
   auto smem_thr_copy_v = make_tiled_copy_B(typename Tr::SmemCopyAtomT{}, tiled_mma).get_thread_slice(tid);
 
-  // The next item's descriptor is copied one item ahead (cp.async, with the
-  // K group) into the other half of s_item: its latency hides behind the
-  // current item, and it holds no registers during the tile loop.
+  // Prologue: the first item's descriptor, metadata and row setup (every
+  // later item gets them from the previous item: s_item via the K group,
+  // each warp's part of s_meta via the metadata group, which the warp uses
+  // for its rows of s_rows after its epilogue; published by the item's first
+  // barrier).
   if (tid == 0 && int(blockIdx.x) < num_work) s_item[0] = v.work[blockIdx.x];
   __syncthreads();
+  if (int(blockIdx.x) < num_work) {
+    fetch_meta(a, s_item[0], s_meta, tid);
+    cute::cp_async_fence();
+    cute::cp_async_wait<0>();
+    __syncwarp();
+    row_setup<Tr>(a, s_item[0], s_meta, s_rows, tid);
+  }
   int buf = 0;
   for (int64_t w = blockIdx.x; w < num_work; w += stride, buf ^= 1) {
-    // Written (and waited for, and published by a barrier) during the
-    // previous item; its other half was last read before the barrier below.
+    __syncthreads();  // the previous item is done with shared memory; this item's rows published
+
     const WorkItem it = s_item[buf];
-    const int b = it.b, g = it.g;
-    const int64_t qb = v.qe[b], ql = int64_t(v.qe[b + 1]) - qb, L = v.len[b];
-    const int64_t key0 = int64_t(it.c) * bs;
-    const int nkeys = int(L - key0 < bs ? L - key0 : bs);  // >= 1 (c < ceil(L / bs))
-    // K/V source of key j: base + j * row_stride elements.
-    int64_t kv_base = 0, row_stride = 0;
-    bool kv_ok = true;
-    if (p.paged) {
-      const int64_t page = p.page_table[int64_t(b) * p.max_pages + it.c];
-      kv_ok = page >= 0 && page < p.num_pages;
-      kv_base = ((kv_ok ? page : 0) * Hkv + g) * p.page_size * kD;
-      row_stride = kD;
-    } else {
-      kv_base = ((int64_t(v.kvb[b]) + key0) * Hkv + g) * kD;
-      row_stride = Hkv * kD;
-    }
-    const int nvalid = kv_ok ? (nkeys > 0 ? nkeys : 0) : 0;
+    // (This warp's index, recomputed per item: not held in a register across
+    // the tile loop.)
+    const int warp = (int(threadIdx.x) + (int(w) & a.zero)) >> 5;
+    const ItemKV kv = item_kv<Tr>(p, it, s_meta.hdr[warp]);
+    const RowSetup& rows = s_rows;
+    const bool has_next = w + stride < num_work;
     constexpr int kKvBytes = Tr::kFp8 ? 1 : int(sizeof(Elem));
-    const uint32_t row_bytes = uint32_t(row_stride) * kKvBytes;
-    const bool full128 = bs > 64;
+    const bool full128 = p.block_size > 64;
 
-    __syncthreads();  // the previous item is done with shared memory
-
-    // ---- K (and V) -> shared memory (rows past nvalid zero-filled); the
-    // next item's descriptor joins the K group.
-    load_kv<Tr>(static_cast<const uint8_t*>(p.k) + kv_base * kKvBytes, row_bytes, nvalid, full128, k_smem);
-    if (tid < 2 && w + stride < num_work) {
+    // ---- K, then the Q rows (gathered; padding rows zero-filled), then V,
+    // back to back (rows past nvalid zero-filled). The next item's descriptor
+    // joins the K group.
+    load_kv<Tr>(static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes, kv.row_bytes, kv.nvalid, full128, k_smem);
+    if (tid < 2 && has_next) {
       SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
           reinterpret_cast<const cute::uint128_t*>(v.work + (w + stride))[tid],
           reinterpret_cast<cute::uint128_t*>(&s_item[buf ^ 1])[tid]);
     }
     cute::cp_async_fence();
-
-    // ---- Row setup: thread r < kM owns MMA row r = p * G + hh.
-    if (tid < kM) {
-      const int r = tid;
-      int pidx, hh;  // (w & zero: recomputed per item, not hoisted and held in a register)
-      a.div_group(pidx, hh, r + (int(w) & a.zero));
-      int64_t qoff = -1, out = -1;
-      int vis = -1;
-      if (pidx < it.e_count) {
-        const int32_t e = v.entries[it.e_begin + pidx];  // t_local * K + slot (>= 0 by construction)
-        if (e >= 0) {
-          int tl, slot;
-          a.div_topk(tl, slot, e);
-          const int64_t t = v.t0 + tl;
-          const int64_t h = int64_t(g) * G + hh;
-          qoff = (t * Hq + h) * (kD * int64_t(sizeof(Elem)));
-          out = ((int64_t(tl) * Hq + h) * K + slot) * kD;
-          if (p.causal) {
-            const int64_t pos = L - ql + (t - qb);
-            const int64_t lim = pos - key0 + 1;
-            vis = int(lim < 0 ? 0 : (lim > nvalid ? nvalid : lim));
-          } else {
-            vis = nvalid;
-          }
-        }
-      }
-      s_qoff[r] = qoff;
-      s_out[r] = out;
-      s_vis[r] = vis;
-    }
-    __syncthreads();
-
-    // ---- Q rows (gathered; padding rows zero-filled), then V.
-    gather_q<Tr>(p.q, s_qoff, q_smem);
+    gather_q<Tr>(p.q, rows.qoff, q_smem);
     cute::cp_async_fence();
-    load_kv<Tr>(static_cast<const uint8_t*>(p.v) + kv_base * kKvBytes, row_bytes, nvalid, full128, v_smem);
+    load_kv<Tr>(static_cast<const uint8_t*>(p.v) + kv.kv_base * kKvBytes, kv.row_bytes, kv.nvalid, full128, v_smem);
     cute::cp_async_fence();
-
-    // Per-warp key tiles: the tiles holding a visible key of one of the
-    // warp's 16 rows (padding rows have vis = -1; a warp of padding rows
-    // computes nothing). Tiles past a row's last visible key would only add
-    // exact zeros, so skipping them per warp changes no result.
-    // (vis <= nvalid <= block_size, so warp_tiles <= block_size / kN. The
-    // clamps sit before the warp reductions: the tile counts are then uniform
-    // shifts, and the loop bounds stay in uniform registers.)
-    const int row_vis0 = s_vis[my_row0], row_vis1 = s_vis[my_row1];
-    const uint32_t warp_vis = __reduce_max_sync(0xffffffffu, uint32_t(max(max(row_vis0, row_vis1), 0)));
-    const int warp_tiles = int((warp_vis + kN - 1) / kN);
-    // The leading tiles in which every real row of the warp sees every key
-    // need no mask (the select would keep every value). Padding rows (-1 ->
-    // UINT_MAX here) do not count: their results are never stored.
-    const uint32_t warp_full =
-        __reduce_min_sync(0xffffffffu, min(min(uint32_t(row_vis0), uint32_t(row_vis1)), 128u)) / kN;
 
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kD>>{});  // (MMA, 1, D / 8)
     static_assert(decltype(size<1>(acc_o))::value == 1, "one atom per warp");
@@ -530,24 +750,47 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
     Tensor tOrP =
         make_tensor(rP.data(), make_layout(make_layout(get<0>(lp), get<0>(get<2>(lp))), get<1>(lp), get<1>(get<2>(lp))));
 
-    // S = Q K_n^T, scale, mask (`masked`: only tiles past warp_full),
-    // online softmax (log2 domain), P -> rP. kFirst: tile 0, where O is not
-    // live yet (it is zero, and corr is 0: the rescale is skipped, not
-    // computed).
-    auto qk_softmax = [&](int n, auto first, bool masked) {
-      constexpr bool kFirst = decltype(first)::value;
-      clear(acc_s);
-      // n & zero: Q's addresses vary per tile for ptxas (not hoisted).
-      const uint32_t qa = lds.q + uint32_t(n & a.zero), ka = lds.k + uint32_t(n * (kN * kD * 2));
+    // S = Q K_n^T -> acc_s (mma.sync: ldmatrix + HMMA; wgmma: issued, then
+    // waited for, together with the previous tile's P V).
+    auto s_gemm = [&](int n) {
+      if constexpr (kUseWg) {
+#if MSA_SP_WGMMA
+        // (Uniform: smem bases, the warpgroup from a REDUX, n.)
+        const uint32_t q_lo = wg_desc_lo(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(wg_u), kWgLboK);
+        const uint32_t k_lo = wg_desc_lo(cast_smem_ptr_to_uint(k_smem) + wg_tile_off<Tr>(n), kWgLboK);
+        wg_fence_regs(acc_s);
+        cute::warpgroup_arrive();
 #pragma unroll
-      for (int k = 0; k < kMmaK; ++k) {
-        ldsm_x4<false>(ldsm_q<Tr>(qa, k), tSrQ_view(_, 0, k));
+        for (int ks = 0; ks < kD / 16; ++ks) {
+          wg_ss<WgS<Elem, kN>>(wg_desc(q_lo, wg_q_off<Tr>(ks)), wg_desc(k_lo, wg_k_off<Tr>(ks)), acc_s, ks > 0,
+                               std::make_index_sequence<kN / 2>{});
+        }
+        cute::warpgroup_commit_batch();
+        cute::warpgroup_wait<0>();  // S(n) and P V(n - 1)
+        wg_fence_regs(acc_s);
+        wg_fence_regs(acc_o);
+#endif
+      } else {
+        clear(acc_s);
+        // n & zero: Q's addresses vary per tile for ptxas (not hoisted).
+        const uint32_t qa = lds.q + uint32_t(n & a.zero), ka = lds.k + uint32_t(n * (kN * kD * 2));
 #pragma unroll
-        for (int m = 0; m < kMmaN / 2; ++m) ldsm_x4<false>(ldsm_k<Tr>(ka, m, k), tSrK_view(_, m, k));
+        for (int k = 0; k < kMmaK; ++k) {
+          ldsm_x4<false>(ldsm_q<Tr>(qa, k), tSrQ_view(_, 0, k));
 #pragma unroll
-        for (int j = 0; j < kMmaN; ++j)
-          cute::gemm(tiled_mma, acc_s(_, 0, j), tSrQ(_, 0, k), tSrK(_, j, k), acc_s(_, 0, j));
+          for (int m = 0; m < kMmaN / 2; ++m) ldsm_x4<false>(ldsm_k<Tr>(ka, m, k), tSrK_view(_, m, k));
+#pragma unroll
+          for (int j = 0; j < kMmaN; ++j)
+            cute::gemm(tiled_mma, acc_s(_, 0, j), tSrQ(_, 0, k), tSrK(_, j, k), acc_s(_, 0, j));
+        }
       }
+    };
+
+    // Scale, mask (`masked`: only tiles past full_tiles), online softmax (log2
+    // domain), P -> rP. kFirst: tile 0, where O is not live yet (it is zero,
+    // and corr is 0: the rescale is skipped, not computed).
+    auto softmax = [&](int n, auto first, bool masked) {
+      constexpr bool kFirst = decltype(first)::value;
 #pragma unroll
       for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= a.scale_log2;
       if (masked) {
@@ -556,7 +799,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
         // row's vis is read again here (at an index ptxas cannot hoist out of
         // the loop), so it holds no register across the loop.
         const int t = threadIdx.x + (n & a.zero), r0 = (t >> 5) * 16 + ((t & 31) >> 2);
-        const int lim0 = s_vis[r0] - n * kN - 2 * (t & 3), lim1 = s_vis[r0 + 8] - n * kN - 2 * (t & 3);
+        const int lim0 = rows.vis[r0] - n * kN - 2 * (t & 3), lim1 = rows.vis[r0 + 8] - n * kN - 2 * (t & 3);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int lim = h == 0 ? lim0 : lim1;
@@ -603,57 +846,126 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
         }
       }
     };
-    // O += P V_n.
-    auto pv = [&](int n) {
-      // (row_sum & zero): the V loads wait for the row sums, so ptxas cannot
-      // keep the 16 fp32 probabilities live across the P V MMAs to sum them
-      // late (that alone pushed the loop past 128 registers).
-      const uint32_t after_sums = (__float_as_uint(row_sum[0]) | __float_as_uint(row_sum[1])) & uint32_t(a.zero);
-      const uint32_t va = lds.v + uint32_t(n * (kN * kD * 2)) + after_sums;
-      constexpr int kPvK = decltype(size<2>(tOrP))::value;
-      constexpr int kPvN = decltype(size<1>(tOrVt))::value;
+    // O += P V_n (accumulate = false: O = P V_n; mma.sync: C = 0, folded to RZ).
+    auto pv = [&](int n, bool accumulate) {
+      if constexpr (kUseWg) {
+#if MSA_SP_WGMMA
+        Tensor pw = recast<uint32_t>(rP);  // k-step ks: words 4 ks .. 4 ks + 3 (the A fragment)
+        const uint32_t v_lo = wg_desc_lo(cast_smem_ptr_to_uint(v_smem) + wg_tile_off<Tr>(n), kWgLboV<Tr>);
+        wg_fence_regs(pw);
+        wg_fence_regs(acc_o);
+        cute::warpgroup_arrive();
 #pragma unroll
-      for (int k = 0; k < kPvK; ++k) {
+        for (int ks = 0; ks < kN / 16; ++ks) {
+          wg_rs<WgPV<Elem, kD>>(pw, 4 * ks, wg_desc(v_lo, wg_v_off(ks)), acc_o, accumulate || ks > 0,
+                                std::make_index_sequence<kD / 2>{});
+        }
+        cute::warpgroup_commit_batch();  // waited for with the next tile's S (or before the epilogue)
+#endif
+      } else {
+        if (!accumulate) clear(acc_o);
+        // (row_sum & zero): the V loads wait for the row sums, so ptxas cannot
+        // keep the 16 fp32 probabilities live across the P V MMAs to sum them
+        // late (that alone pushed the loop past 128 registers).
+        const uint32_t after_sums = (__float_as_uint(row_sum[0]) | __float_as_uint(row_sum[1])) & uint32_t(a.zero);
+        const uint32_t va = lds.v + uint32_t(n * (kN * kD * 2)) + after_sums;
+        constexpr int kPvK = decltype(size<2>(tOrP))::value;
+        constexpr int kPvN = decltype(size<1>(tOrVt))::value;
 #pragma unroll
-        for (int m = 0; m < kPvN / 2; ++m) ldsm_x4<true>(ldsm_v<Tr>(va, m, k), tOrVt_view(_, m, k));
+        for (int k = 0; k < kPvK; ++k) {
 #pragma unroll
-        for (int j = 0; j < kPvN; ++j)
-          cute::gemm(tiled_mma, acc_o(_, 0, j), tOrP(_, 0, k), tOrVt(_, j, k), acc_o(_, 0, j));
+          for (int m = 0; m < kPvN / 2; ++m) ldsm_x4<true>(ldsm_v<Tr>(va, m, k), tOrVt_view(_, m, k));
+#pragma unroll
+          for (int j = 0; j < kPvN; ++j)
+            cute::gemm(tiled_mma, acc_o(_, 0, j), tOrP(_, 0, k), tOrVt(_, j, k), acc_o(_, 0, j));
+        }
       }
+    };
+    // After a cp.async wait: what this thread's copies (and fp8 stores) wrote
+    // -> visible to every thread (and, for wgmma, to the async proxy: the
+    // PTX ISA asks for fence.proxy.async between generic writes of shared
+    // memory and wgmma reading it).
+    auto publish_smem = [&]() {
+#if MSA_SP_WGMMA
+      if constexpr (kUseWg) fence_proxy_async_smem();
+#endif
+      __syncthreads();
     };
 
     cute::cp_async_wait<1>();  // K and Q landed (V may be in flight)
-    __syncthreads();
-    if (warp_tiles > 0) {
-      qk_softmax(0, std::true_type{}, warp_full == 0);  // overlaps the V copy
+    publish_smem();
+    // The next item's metadata (this warp's part): its descriptor landed
+    // with the K group; this item's metadata was last read before the
+    // barrier above.
+    if (has_next) fetch_meta(a, s_item[buf ^ 1], s_meta, int(threadIdx.x) + (int(w) & a.zero));
+    cute::cp_async_fence();  // (every thread: the group count stays uniform)
+    // Key tiles: those holding a visible key of one of the warp's 16 rows
+    // (mma.sync) or of the warpgroup's 64 rows (wgmma: its MMAs are
+    // collective). Padding rows have vis = -1; a warp (warpgroup) of padding
+    // rows computes nothing. Tiles past a row's last visible key would only
+    // add exact zeros (p = 0, corr = 1), so skipping them changes no result.
+    // The leading tiles in which every real row sees every key need no mask
+    // (padding rows do not count: their results are never stored).
+    // (vis <= nvalid <= block_size, so the tile counts are <= block_size / kN.
+    // REDUX: the same value in every lane, but in a uniform register, so that
+    // the loop bounds, the loop counter and, for wgmma, the descriptors built
+    // from it stay uniform. Read after the metadata copies, whose branches
+    // would otherwise move the counts into vector registers; each warp's rows
+    // are rewritten only after the V barrier below.)
+    uint32_t vis_max, vis_min;
+    if constexpr (kUseWg) {
+      const int w0 = int(wg_u) * 4;  // warpgroup g: warps 4 g .. 4 g + 3
+      vis_max = __reduce_max_sync(0xffffffffu, max(max(rows.vis_max[w0], rows.vis_max[w0 + 1]),
+                                                   max(rows.vis_max[w0 + 2], rows.vis_max[w0 + 3])));
+      vis_min = __reduce_min_sync(0xffffffffu, min(min(rows.vis_min[w0], rows.vis_min[w0 + 1]),
+                                                   min(rows.vis_min[w0 + 2], rows.vis_min[w0 + 3])));
     } else {
-      // A warp with no tile holds padding rows and rows with nvalid = 0
-      // (a valid row sees >= 1 key of a block it selected, csr mark): P = 0
-      // and V = 0 there, so the unconditional first P V below gives O = +0,
-      // as before. (Running it costs such warps 32 MMAs; branching around it
-      // made the compiler materialise 64 zeros for O on every item.)
+      vis_max = __reduce_max_sync(0xffffffffu, rows.vis_max[warp]);
+      vis_min = __reduce_min_sync(0xffffffffu, rows.vis_min[warp]);
+    }
+    const int tiles = int((vis_max + kN - 1) / kN), full_tiles = int(vis_min / kN);
+
+    if (tiles > 0) {
+      s_gemm(0);  // overlaps the V copy
+      softmax(0, std::true_type{}, full_tiles == 0);
+    } else {
+      // A warp (warpgroup) with no tile holds padding rows and rows with
+      // nvalid = 0 (a valid row sees >= 1 key of a block it selected, csr
+      // mark): P = 0 and V = 0 there, so the unconditional first P V below
+      // gives O = +0, as before. (Running it costs such warps one tile of P V;
+      // branching around it made the compiler materialise 64 zeros for O on
+      // every item.)
       clear(rP);
     }
-    cute::cp_async_wait<0>();  // V landed (every group drained, computed or not)
-    __syncthreads();
-    clear(acc_o);
-    pv(0);  // zero accumulators: the first MMAs take C = 0 (RZ)
+    cute::cp_async_wait<1>();  // V landed (the metadata group may be in flight)
+    publish_smem();
+    pv(0, false);
     // Two copies of the tile loop: the tiles that need no mask (all of them
     // unless the block is cut by the causal diagonal or by nvalid), then the
     // rest, so the common loop carries no select or compare per element.
     int n = 1;
-    for (; n < warp_tiles && n < int(warp_full); ++n) {
-      qk_softmax(n, std::false_type{}, false);
-      pv(n);
+    for (; n < tiles && n < full_tiles; ++n) {
+      s_gemm(n);
+      softmax(n, std::false_type{}, false);
+      pv(n, true);
     }
-    for (; n < warp_tiles; ++n) {
-      qk_softmax(n, std::false_type{}, true);
-      pv(n);
+    for (; n < tiles; ++n) {
+      s_gemm(n);
+      softmax(n, std::false_type{}, true);
+      pv(n, true);
     }
+#if MSA_SP_WGMMA
+    if constexpr (kUseWg) {
+      cute::warpgroup_wait<0>();  // the last P V
+      wg_fence_regs(acc_o);
+    }
+#endif
 
     // ---- Epilogue (per warp, no CTA barrier): row sums over the quad, O / l
-    // -> the warp's own 16 rows of the Q tile (only this warp read them) ->
-    // 16-byte stores into the partial O; lse -> partial LSE.
+    // -> the warp's own 16 rows of the Q tile (only this warp read them: the
+    // ldmatrix rows of the warp, or the A rows of the warp's part of each
+    // wgmma, all completed) -> 16-byte stores into the partial O; lse ->
+    // partial LSE.
     float row_lse[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -676,10 +988,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
         }
       }
     }
+    // (The thread's rows 16 w + lane / 4 and + 8, recomputed here: not held in
+    // registers across the tile loop.)
+    const int et = int(threadIdx.x) + (int(w) & a.zero), my_row0 = (et >> 5) * 16 + ((et & 31) >> 2);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if ((lane & 3) == 0) {
-        const int64_t out = s_out[h == 0 ? my_row0 : my_row1];
+      if ((et & 3) == 0) {
+        const int64_t out = rows.out[my_row0 + 8 * h];
         if (out >= 0) v.part_lse[out / kD] = row_lse[h];
       }
     }
@@ -690,10 +1005,23 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
       Elem* po = static_cast<Elem*>(v.part_o) + Map::chunk(t) * 8;
 #pragma unroll
       for (int i = 0; i < Map::kChunks; ++i) {
-        const int64_t out = s_out[row + Map::kRs * i];  // < 0: padding row (not stored)
+        const int64_t out = rows.out[row + Map::kRs * i];  // < 0: padding row (not stored)
         const uint4 val = *reinterpret_cast<const uint4*>(q_smem + Map::off(base, i));
         st_global_16_if(po + out, val, int(out >> 32));
       }
+    }
+
+    // ---- The next item's rows of this warp (after the warp's epilogue, the
+    // last reader of its rows): its metadata landed (each lane waits for its
+    // own copies, __syncwarp shares them); published by the next item's
+    // first barrier. (The thread index, here and in the metadata copy, is
+    // threadIdx.x plus a zero ptxas cannot fold, a different one in each
+    // place: the lane / warp / row arithmetic is redone there instead of
+    // being shared and held in registers across the tile loop.)
+    if (has_next) {
+      cute::cp_async_wait<0>();
+      __syncwarp();
+      row_setup<Tr>(a, s_item[buf ^ 1], s_meta, s_rows, int(threadIdx.x) + (int(w >> 1) & a.zero));
     }
   }
 }
