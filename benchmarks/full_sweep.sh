@@ -4,7 +4,7 @@
 #   bash benchmarks/full_sweep.sh OUTDIR [prefill|e2e|sparse_prefill|index|decode|all]
 # Parts exist so the sweep can be split over calls of limited length; "all" runs them one after
 # another. Run parts one at a time, alone on the host: parts run at once on the GPUs of one host
-# (each on its own GPU) measured kernels under ~2 ms up to 20% slower (host contention in the
+# (each on its own GPU) measured kernels under ~2 ms up to 1.7x slower (host contention in the
 # dispatch loop); the long e2e and sparse_prefill rows agreed within 2%.
 set -uo pipefail
 out="${1:?OUTDIR}"; part="${2:-all}"
