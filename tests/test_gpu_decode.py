@@ -210,6 +210,38 @@ def test_gpu_decode_bad_page_ids_are_skipped():
         _check(got, _ref(q, k, v, pt, lens_a, plan, block_ids=block_ids))
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gpu_decode_fp8_nan_outside_the_sequence_is_never_read(sparse):
+    """fp8 NaN bytes on the rows past each length (last page) and on unused pages: those rows
+    are zero-filled, never multiplied in (the sm_90a build reads a NaN byte as NaN, see
+    docs/ffi-contract.md), so the result is bitwise the one with zeros there."""
+    lens = [1, 100, 128, 129, 1000, 0]
+    plan, q, k, v, pt, lens_a, ks, vs = _case(lens, hq=16, hkv=2, d=128, cache=FP8, seed=21)
+    ps, ptn = plan.page_size, np.asarray(pt)
+    used = np.zeros(k.shape[0], bool)
+    bad = np.zeros(k.shape[:3], bool)  # [num_pages, Hkv, page_size]: rows outside every sequence
+    for b, n in enumerate(lens):
+        nblk = -(-n // ps)
+        used[ptn[b, :nblk]] = True
+        if n % ps:
+            bad[ptn[b, nblk - 1], :, n % ps:] = True
+    bad[~used] = True
+
+    def fill(x, byte):
+        u = np.asarray(x).view(np.uint8).copy()
+        u[bad] = byte
+        return jnp.asarray(u.view(np.asarray(x).dtype))
+
+    ids = _sparse_ids(np.random.default_rng(21), plan, lens, 8, pt.shape[1]) if sparse else None
+    q, pt, lens_a, ids = _on_gpu(q, pt, lens_a, ids)
+    kw = dict(block_ids=ids, k_scale=ks, v_scale=vs)
+    k_nan, v_nan, k0, v0 = _on_gpu(fill(k, 0x7F), fill(v, 0xFF), fill(k, 0), fill(v, 0))
+    got = msa_jax.decode(q, k_nan, v_nan, pt, lens_a, plan, return_lse=True, **kw)
+    zero = msa_jax.decode(q, k0, v0, pt, lens_a, plan, return_lse=True, **kw)
+    _check(got, _ref(q, k0, v0, pt, lens_a, plan, **kw))
+    assert [np.asarray(x).tobytes() for x in got] == [np.asarray(x).tobytes() for x in zero]
+
+
 def test_gpu_decode_float32_query_is_rejected():
     plan, q, k, v, pt, lens, _, _ = _case([10, 20], hq=4, hkv=2, d=64, dtype=jnp.float32, seed=1)
     q, k, v, pt, lens = _on_gpu(q, k, v, pt, lens)

@@ -1,7 +1,8 @@
 // sm_80+ warp-level PTX pieces shared by the hand-written mma.sync kernels (decode,
 // decode-shaped block_scores): shared-memory addresses, cp.async groups, ldmatrix,
 // mma.m16n8k16 per 16-bit operand type (Elem = __nv_bfloat16 or __half), and the
-// exact e4m3 -> bf16/fp16 register conversion of four bytes at a time (fp8x4).
+// exact e4m3 -> bf16/fp16 register conversion of four bytes at a time (fp8x4: integer
+// ops, any arch; fp8x4_f16_pairs: the sm_89+ cvt instruction).
 #pragma once
 
 #include <cstdint>
@@ -121,6 +122,31 @@ __device__ __forceinline__ void fp8x4_cxx_shift(uint32_t w, uint32_t& even, uint
   const uint32_t sgn = w & 0x80808080u;
   even = F::fp8_unscale(bit_select<F::kFp8Mag>(w << F::kFp8Left, sgn << 8));
   odd = F::fp8_unscale(bit_select<F::kFp8Mag>(w >> (8 - F::kFp8Left), sgn));
+}
+
+// The hardware e4m3 -> f16 conversion (sm_89+): cvt.rn.f16x2.e4m3x2, one F2FP per pair,
+// which reads either 16-bit half of a register (no shift or permute needed).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+inline constexpr bool kHasFp8Cvt = true;
+#else
+inline constexpr bool kHasFp8Cvt = false;
+#endif
+
+// e4m3 bytes [b0 b1 b2 b3] of w -> lo = {b0, b1}, hi = {b2, b3} as f16 pairs (low half
+// first). Exact: every finite e4m3 value is an f16 normal or zero. A NaN byte (0x7f /
+// 0xff) gives an f16 NaN with kHasFp8Cvt; the integer fallback (never used by the kernels,
+// kept so the function is total) reads it as +-480.
+__device__ __forceinline__ void fp8x4_f16_pairs(uint32_t w, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+      : "=r"(lo), "=r"(hi)
+      : "r"(w));
+#else
+  uint32_t even, odd;
+  fp8x4<__half>(w, even, odd);
+  lo = __byte_perm(even, odd, 0x5410);
+  hi = __byte_perm(even, odd, 0x7632);
+#endif
 }
 
 }  // namespace msa::cuda

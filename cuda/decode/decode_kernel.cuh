@@ -22,6 +22,11 @@
 //   K's head_dim order (the same permutation on Q's fragments: Q K^T is
 //   invariant), V's head_dim order (undone when the epilogue writes O).
 //   k_scale / v_scale are folded into the softmax scale and the epilogue.
+//   sm_89+ (the sm_90a build) converts fp8 with the hardware instead
+//   (cvt.rn.f16x2.e4m3x2, one instruction per two values) and runs both mmas in
+//   fp16 (kCvtK / kCvtV below): Q in fp16 (bf16 q: each row scaled by a power of
+//   two, undone in its softmax scale), P in fp16 scaled by 2^kPLog2 (undone in lse).
+//   The compute_80 PTX keeps the integer conversion (exact, NaN -> +-480).
 //   Epilogue: the 4 warps' (m, l, O) merged through shared memory in warp
 //   order; writes o / lse (num_splits == 1) or the f32 partials (scratch).
 //
@@ -37,6 +42,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -46,12 +52,61 @@
 #include "cuda/decode/ptx_helpers.cuh"
 #include "cuda/decode/traits.cuh"
 
+// sm_89+ fp8: K through the hardware conversion too (Q in fp16); 0: only V, Q K^T in
+// q's type with the integer K conversion (benchmarks/NOTES-decode.md, session 3).
+#ifndef MSA_DECODE_FP8_CVT_K
+#define MSA_DECODE_FP8_CVT_K 1
+#endif
+
 namespace msa::cuda::decode {
+
+// bf16 Q fragments of the fp8 cvt path (k-step ks: [0] / [2] row g, [1] / [3] row
+// g + 8) -> fp16 for the fp16 Q K^T. Each row is scaled by 2^e, e chosen so that the
+// row's max |q| lands in [2^14, 2^15): every element >= 2^-28 of that max converts
+// exactly (bf16's 8 significant bits fit fp16's 11, no overflow); smaller ones become
+// fp16 subnormals or 0, a change of at most 2^-28 max|q| each (2^-24.5 |q_row| in norm
+// at D = 128: below f32 round-off of q). sl2[r] *= 2^-e undoes the scale in the scores.
+// e <= 100 (a zero row, e.g. padding, stays 0; only |q| < 2^-114 is lost then).
+template <int kKS>
+__device__ __forceinline__ void to_f16_rows(uint32_t (&qf)[kKS][4], float (&sl2)[2]) {
+  float mx[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int ks = 0; ks < kKS; ++ks)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float lo = __uint_as_float(qf[ks][r] << 16), hi = __uint_as_float(qf[ks][r] & 0xffff0000u);
+      mx[r & 1] = fmaxf(mx[r & 1], fmaxf(fabsf(lo), fabsf(hi)));  // (fmaxf drops NaN)
+    }
+  float up[2];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));  // the lane quad holds the row
+    mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
+    const int ex = int(__float_as_uint(mx[rr]) >> 23);  // mx in [2^(ex-127), 2^(ex-126)), ex <= 255
+    const int e = min(141 - max(ex, 1), 100);           // in [-114, 100]
+    up[rr] = __uint_as_float(uint32_t(127 + e) << 23);  // 2^e
+    sl2[rr] *= __uint_as_float(uint32_t(127 - e) << 23);
+  }
+#pragma unroll
+  for (int ks = 0; ks < kKS; ++ks)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float lo = __uint_as_float(qf[ks][r] << 16), hi = __uint_as_float(qf[ks][r] & 0xffff0000u);
+      qf[ks][r] = Mma<__half>::pack(lo * up[r & 1], hi * up[r & 1]);
+    }
+}
 
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_kernel(const KernelArgs a) {
   using Elem = typename Tr::Elem;
   constexpr int kD = Tr::kD;
+  // fp8 with the sm_89+ cvt: V (and K) become fp16 operands, P V (and Q K^T) fp16 mmas.
+  // P is packed as p * 2^kPLog2 (<= 2^15 < 65504, a normal fp16 down to p = 2^-29);
+  // l sums the same scaled p, so O / l is unchanged and only lse subtracts kPLog2.
+  constexpr bool kCvtV = Tr::kFp8 && kHasFp8Cvt;
+  constexpr bool kCvtK = kCvtV && MSA_DECODE_FP8_CVT_K;
+  using PElem = std::conditional_t<kCvtV, __half, Elem>;  // P / V operand type
+  constexpr float kPLog2 = kCvtV ? 15.0f : 0.0f;
   constexpr int kThreads = Tr::kThreads;
   extern __shared__ __align__(128) uint8_t smem[];
   const DecodeParams& p = a.p;
@@ -186,6 +241,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
   // ---- 2. Q fragments (A operand, rows = heads, padded with zeros)
   const int g = lane / 4, t = lane % 4;
   uint32_t qf[kD / 16][4];
+  float sl2[2] = {a.scale_log2, a.scale_log2};  // softmax scale (log2 units) of rows g, g + 8
   {
     const Elem* q = static_cast<const Elem*>(p.q) + row0 * kD;
     if constexpr (!Tr::kFp8) {
@@ -197,9 +253,26 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
           const int col = ks * 16 + (r >> 1) * 8 + 2 * t;
           qf[ks][r] = row < nh ? *reinterpret_cast<const uint32_t*>(q + row * kD + col) : 0u;
         }
+    } else if constexpr (kCvtK) {
+      // fp8 via cvt: head_dim permuted to match the K fragments built from 16 contiguous
+      // fp8 bytes (see the Q K^T loop): k-step ks = 4j + s takes, for lane quad t, the
+      // columns d0 = 64j + 16t + 4s .. d0 + 3 as a0 = {d0, d0 + 1}, a2 = {d0 + 2, d0 + 3}.
+#pragma unroll
+      for (int j = 0; j < kD / 64; ++j)
+#pragma unroll
+        for (int s4 = 0; s4 < 4; ++s4)
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int row = g + rr * 8;
+            const int d0 = 64 * j + 16 * t + 4 * s4;
+            const uint2 w = row < nh ? *reinterpret_cast<const uint2*>(q + row * kD + d0) : make_uint2(0u, 0u);
+            qf[4 * j + s4][rr] = w.x;
+            qf[4 * j + s4][2 + rr] = w.y;
+          }
+      if constexpr (std::is_same_v<Elem, __nv_bfloat16>) to_f16_rows(qf, sl2);
     } else {
-      // fp8: head_dim permuted to match the K fragments built from 16 contiguous fp8
-      // bytes (see the QK^T loop): k-step ks = 4j + s takes, for lane quad t, the
+      // fp8, integer conversion: head_dim permuted to match the K fragments built from
+      // 16 contiguous fp8 bytes (see the QK^T loop): k-step ks = 4j + s takes, for lane quad t, the
       // columns d0 = 64j + 16t + 4s .. d0 + 3 as a0 = {d0, d0 + 2}, a2 = {d0 + 1, d0 + 3}.
 #pragma unroll
       for (int j = 0; j < kD / 64; ++j)
@@ -215,7 +288,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
           }
     }
   }
-  const float scale_log2 = a.scale_log2;
 
   // ---- 3. per-warp pipeline over 16-row groups w, w+4, ...
   const int nv = n * ps;                         // virtual rows of the list (<= 2^30)
@@ -339,6 +411,23 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
         Mma<Elem>::run(sacc[ks & 1][0], qf[ks], kb[0], kb[1]);
         Mma<Elem>::run(sacc[ks & 1][1], qf[ks], kb[2], kb[3]);
       }
+    } else if constexpr (kCvtK) {
+      // B fragment of n-tile nt (key n = 8 nt + g): one 16-byte load of the key's fp8
+      // bytes [64j + 16t, +16) holds b0 / b1 of 4 k-steps (word s: b0 = bytes 0, 1,
+      // b1 = bytes 2, 3 = columns d0 + {0, 1} / d0 + {2, 3} of Q's fragments).
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int j = 0; j < kD / 64; ++j) {
+          const uint4 kr = *reinterpret_cast<const uint4*>(stage + koff[j] + nt * 8 * Tr::kRowBytes);
+          const uint32_t w[4] = {kr.x, kr.y, kr.z, kr.w};
+#pragma unroll
+          for (int s4 = 0; s4 < 4; ++s4) {
+            uint32_t b0, b1;
+            fp8x4_f16_pairs(w[s4], b0, b1);
+            Mma<__half>::run(sacc[s4 & 1][nt], qf[4 * j + s4], b0, b1);
+          }
+        }
     } else {
       // B fragment of n-tile nt (key n = 8 nt + g): one 16-byte load of the key's fp8
       // bytes [64j + 16t, +16) holds b0 / b1 of 4 k-steps (word s: b0 = bytes 0, 2,
@@ -362,7 +451,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) sc[nt][e] = (sacc[0][nt][e] + sacc[1][nt][e]) * scale_log2;
+      for (int e = 0; e < 4; ++e) sc[nt][e] = (sacc[0][nt][e] + sacc[1][nt][e]) * sl2[e >> 1];
     if (mask != 0xffffu) {  // warp-uniform: a partial group (page or sequence end)
       const uint32_t mk = mask >> (2 * t);  // bits 0, 1, 8, 9: this lane's keys
 #pragma unroll
@@ -401,17 +490,22 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
         }
       }
     }
+    // p * 2^kPLog2 = exp2(sc - (m_use - kPLog2)): the rounding of m_use - kPLog2 is at
+    // most half an ulp of m_use, below the f32 error the logits near m_use already carry.
+    float m_p[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) m_p[r] = m_use[r] - kPLog2;
     uint32_t pa[4];
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
       float pv[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        pv[e] = exp2f(sc[nt][e] - m_use[e >> 1]);
+        pv[e] = exp2f(sc[nt][e] - m_p[e >> 1]);
         l_run[e >> 1] += pv[e];
       }
-      pa[2 * nt] = Mma<Elem>::pack(pv[0], pv[1]);      // row g
-      pa[2 * nt + 1] = Mma<Elem>::pack(pv[2], pv[3]);  // row g + 8
+      pa[2 * nt] = Mma<PElem>::pack(pv[0], pv[1]);      // row g
+      pa[2 * nt + 1] = Mma<PElem>::pack(pv[2], pv[3]);  // row g + 8
     }
     // O += P V
     if constexpr (!Tr::kFp8) {
@@ -446,17 +540,35 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
           vw[x][0] = r2.x, vw[x][1] = r2.y;
         }
       }
+      if constexpr (kCvtV) {
+        // {a.i, b.i} byte pairs (keys 2t, 2t + 1 / 2t + 8, 2t + 9 at one d) for the cvt:
+        // PRMT 0x5140 -> {a.0, b.0, a.1, b.1}, 0x7362 -> {a.2, b.2, a.3, b.3}; the low /
+        // high halves are b0 (b1) of tiles 4q + 0 / 1 and 4q + 2 / 3.
 #pragma unroll
-      for (int q = 0; q < kW; ++q) {
-        uint32_t e01a, o01a, e01b, o01b, e23a, o23a, e23b, o23b;
-        fp8x4<Elem>(__byte_perm(vw[0][q], vw[1][q], 0x5410), e01a, o01a);
-        fp8x4<Elem>(__byte_perm(vw[0][q], vw[1][q], 0x7632), e01b, o01b);
-        fp8x4<Elem>(__byte_perm(vw[2][q], vw[3][q], 0x5410), e23a, o23a);
-        fp8x4<Elem>(__byte_perm(vw[2][q], vw[3][q], 0x7632), e23b, o23b);
-        Mma<Elem>::run(oacc[4 * q + 0], pa, e01a, e23a);
-        Mma<Elem>::run(oacc[4 * q + 1], pa, o01a, o23a);
-        Mma<Elem>::run(oacc[4 * q + 2], pa, e01b, e23b);
-        Mma<Elem>::run(oacc[4 * q + 3], pa, o01b, o23b);
+        for (int q = 0; q < kW; ++q) {
+          uint32_t t0a, t1a, t2a, t3a, t0b, t1b, t2b, t3b;
+          fp8x4_f16_pairs(__byte_perm(vw[0][q], vw[1][q], 0x5140), t0a, t1a);
+          fp8x4_f16_pairs(__byte_perm(vw[0][q], vw[1][q], 0x7362), t2a, t3a);
+          fp8x4_f16_pairs(__byte_perm(vw[2][q], vw[3][q], 0x5140), t0b, t1b);
+          fp8x4_f16_pairs(__byte_perm(vw[2][q], vw[3][q], 0x7362), t2b, t3b);
+          Mma<__half>::run(oacc[4 * q + 0], pa, t0a, t0b);
+          Mma<__half>::run(oacc[4 * q + 1], pa, t1a, t1b);
+          Mma<__half>::run(oacc[4 * q + 2], pa, t2a, t2b);
+          Mma<__half>::run(oacc[4 * q + 3], pa, t3a, t3b);
+        }
+      } else {
+#pragma unroll
+        for (int q = 0; q < kW; ++q) {
+          uint32_t e01a, o01a, e01b, o01b, e23a, o23a, e23b, o23b;
+          fp8x4<Elem>(__byte_perm(vw[0][q], vw[1][q], 0x5410), e01a, o01a);
+          fp8x4<Elem>(__byte_perm(vw[0][q], vw[1][q], 0x7632), e01b, o01b);
+          fp8x4<Elem>(__byte_perm(vw[2][q], vw[3][q], 0x5410), e23a, o23a);
+          fp8x4<Elem>(__byte_perm(vw[2][q], vw[3][q], 0x7632), e23b, o23b);
+          Mma<Elem>::run(oacc[4 * q + 0], pa, e01a, e23a);
+          Mma<Elem>::run(oacc[4 * q + 1], pa, o01a, o23a);
+          Mma<Elem>::run(oacc[4 * q + 2], pa, e01b, e23b);
+          Mma<Elem>::run(oacc[4 * q + 3], pa, o01b, o23b);
+        }
       }
     }
     __syncwarp();
@@ -531,7 +643,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
   if (tid < nh) {
     float M, Ltot;
     row_stats(tid, M, Ltot);
-    const float lse = Ltot > 0.0f ? (M + log2f(Ltot)) * 0.69314718055994531f : -INFINITY;
+    const float lse = Ltot > 0.0f ? (M + log2f(Ltot) - kPLog2) * 0.69314718055994531f : -INFINITY;
     if (direct)
       p.lse[row0 + tid] = lse;
     else
