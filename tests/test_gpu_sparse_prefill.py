@@ -288,37 +288,77 @@ def _tile_loop_outputs():
     return outs
 
 
-def test_tile_loops_bitwise(tmp_path):
-    """The sm_90a wgmma tile loop (default) against the mma.sync one
-    (MSA_JAX_SPARSE_PREFILL_MMA_SYNC=1, read once per process: run in a child process). Same
-    softmax code, same k-step and key-tile orders, skipped tiles add exact zeros: the bits match
-    unless HGMMA and HMMA round a 16-wide dot product differently (then only this test fails, and
-    the two stay within TOL of each other). On GPUs other than sm_90 both runs use mma.sync."""
+_KERNEL_OUTPUTS = {}
+
+
+def _kernel_outputs(tmp_path_factory, name, env_var, value):
+    """_tile_loop_outputs() of a child process run with env_var=value (the kernel choice is read
+    once per process), cached per (env_var, value) for the module."""
     import os
     import subprocess
     import sys
-    gpu_device()
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = tmp_path / "mma_sync.npz"
-    script = (f"import sys; sys.path.insert(0, {here!r}); import numpy as np; "
-              f"import test_gpu_sparse_prefill as t; "
-              f"o = t._tile_loop_outputs(); "
-              f"np.savez({str(out)!r}, *[x for pair in o for x in pair])")
-    env = dict(os.environ, MSA_JAX_SPARSE_PREFILL_MMA_SYNC="1", XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=900)
-    ref = np.load(out)
-    got = [x for pair in _tile_loop_outputs() for x in pair]
-    assert len(got) == len(ref.files)
+    key = (env_var, value)
+    if key not in _KERNEL_OUTPUTS:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = tmp_path_factory.mktemp("kernel") / f"{name}.npz"
+        script = (f"import sys; sys.path.insert(0, {here!r}); import numpy as np; "
+                  f"import test_gpu_sparse_prefill as t; "
+                  f"o = t._tile_loop_outputs(); "
+                  f"np.savez({str(out)!r}, *[x for pair in o for x in pair])")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MSA_JAX_SPARSE_PREFILL_KERNEL", "MSA_JAX_SPARSE_PREFILL_MMA_SYNC")}
+        env.update({env_var: value, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=900)
+        ref = np.load(out)
+        _KERNEL_OUTPUTS[key] = [ref[f"arr_{i}"] for i in range(len(ref.files))]
+    return _KERNEL_OUTPUTS[key]
+
+
+def _compare_bitwise(got, ref, what):
+    """Same -inf pattern, within TOL by norm, then bit equality (listing the outputs that differ)."""
+    assert len(got) == len(ref)
     diffs = []
-    for i, x in enumerate(got):
-        y = ref[f"arr_{i}"]
+    for i, (x, y) in enumerate(zip(got, ref)):
         np.testing.assert_array_equal(np.isneginf(x), np.isneginf(y))
         fin = np.isfinite(y)
         den = max(np.linalg.norm(y[fin]), 1e-30)
         assert np.linalg.norm(x[fin] - y[fin]) / den <= TOL
         if not np.array_equal(x, y):
             diffs.append((i, int((x != y).sum()), float(np.abs(x[fin] - y[fin]).max())))
-    assert not diffs, f"wgmma vs mma.sync bits differ (output index, count, max abs diff): {diffs}"
+    assert not diffs, f"{what} bits differ (output index, count, max abs diff): {diffs}"
+
+
+def test_tile_loops_bitwise(tmp_path_factory):
+    """The sm_90a wgmma tile loop (MSA_JAX_SPARSE_PREFILL_KERNEL=wg) against the mma.sync one
+    (MSA_JAX_SPARSE_PREFILL_MMA_SYNC=1, the older switch, an alias of KERNEL=sync; read once per
+    process: each runs in a child process). Same softmax code, same k-step and key-tile orders,
+    skipped tiles add exact zeros: the bits match unless HGMMA and HMMA round a 16-wide dot
+    product differently (then only the bitwise tests fail, and the kernels stay within TOL of
+    each other). On GPUs other than sm_90 both runs use mma.sync."""
+    gpu_device()
+    ref = _kernel_outputs(tmp_path_factory, "mma_sync", "MSA_JAX_SPARSE_PREFILL_MMA_SYNC", "1")
+    got = _kernel_outputs(tmp_path_factory, "wg", "MSA_JAX_SPARSE_PREFILL_KERNEL", "wg")
+    _compare_bitwise(got, ref, "wgmma vs mma.sync")
+
+
+def test_ws_kernel_bitwise(tmp_path_factory):
+    """The default kernel (the warp-specialized, double-buffered one on sm_90a with bf16 / fp16
+    K/V; fp8 K/V fall back to wg) against KERNEL=sync and KERNEL=wg, over the cases of
+    test_tile_loops_bitwise. ws runs wg's tile loop, softmax and epilogue operation for operation
+    (same kN, k-steps and key-tile order; only the loads and the synchronisation differ), so
+    ws == wg must hold bit for bit; ws == sync holds exactly when wg == sync does (see
+    test_tile_loops_bitwise). On GPUs other than sm_90 all three run mma.sync. When neither
+    kernel variable is set in this process, its (default) outputs must equal KERNEL=ws's too."""
+    import os
+    gpu_device()
+    ws = _kernel_outputs(tmp_path_factory, "ws", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws")
+    wg = _kernel_outputs(tmp_path_factory, "wg", "MSA_JAX_SPARSE_PREFILL_KERNEL", "wg")
+    _compare_bitwise(ws, wg, "ws vs wg")
+    if not os.environ.get("MSA_JAX_SPARSE_PREFILL_KERNEL") and \
+            os.environ.get("MSA_JAX_SPARSE_PREFILL_MMA_SYNC", "0") in ("", "0"):
+        _compare_bitwise([x for pair in _tile_loop_outputs() for x in pair], ws, "default vs ws")
+    sync = _kernel_outputs(tmp_path_factory, "sync", "MSA_JAX_SPARSE_PREFILL_KERNEL", "sync")
+    _compare_bitwise(ws, sync, "ws vs mma.sync")
 
 
 def test_fp32_unimplemented():

@@ -54,10 +54,13 @@ cudaError_t launch_setup(const SparsePrefillParams& p, const PassView& v, cudaSt
 // mark + scan_fill of one pass.
 cudaError_t launch_csr(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
-// The main kernel's two instance sets (launch_main picks one): mma.sync tile
-// loop (main_kernel.cu) and wgmma tile loop on sm_90a (main_kernel_wg.cu).
+// The main kernel's three instance sets (launch_main picks one): mma.sync tile
+// loop (main_kernel.cu), wgmma tile loop on sm_90a (main_kernel_wg.cu), and
+// the warp-specialized double-buffered wgmma kernel on sm_90a
+// (main_kernel_ws.cu; it calls launch_main_wg where it does not apply).
 cudaError_t launch_main_sync(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 cudaError_t launch_main_wg(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
+cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 cudaError_t launch_combine(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 
 }  // namespace msa::cuda::sparse_prefill

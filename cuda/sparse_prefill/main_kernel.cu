@@ -1,10 +1,19 @@
 // The sparse-prefill main kernel's mma.sync instances (main_kernel.cuh,
-// kWg = false) and the launch entry point, which picks the wgmma instances
-// (main_kernel_wg.cu) unless MSA_JAX_SPARSE_PREFILL_MMA_SYNC is set to a
-// value other than "" / "0". The wgmma instances run the mma.sync code on
-// every target other than sm_90a, so the choice is safe on any GPU; the
-// variable is for A/B timing and bit comparisons of the two tile loops.
+// kWg = false) and the launch entry point, which picks one of three instance
+// sets by MSA_JAX_SPARSE_PREFILL_KERNEL (read once per process):
+//   ws    (default) the warp-specialized, double-buffered kernel
+//         (main_kernel_ws.cu: sm_90a, bf16 / fp16 K/V; it falls back to wg
+//         for fp8 K/V, on other GPUs and where its sm_90a code is absent);
+//   wg    the wgmma instances (main_kernel_wg.cu; the mma.sync tile loop on
+//         every target other than sm_90a);
+//   sync  the mma.sync instances below.
+// MSA_JAX_SPARSE_PREFILL_MMA_SYNC set to a value other than "" / "0" (the
+// older switch) means sync when MSA_JAX_SPARSE_PREFILL_KERNEL is unset or
+// empty. Every choice is safe on any GPU; the variables are for A/B timing
+// and bit comparisons of the kernels.
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "cuda/sparse_prefill/main_launch.cuh"
 
@@ -14,12 +23,31 @@ cudaError_t launch_main_sync(const SparsePrefillParams& p, const PassView& v, cu
   return main_launch::launch_all<false>(p, v, stream);
 }
 
+namespace {
+enum class MainKernel { kWs, kWg, kSync };
+
+MainKernel main_kernel_choice() {
+  const char* k = std::getenv("MSA_JAX_SPARSE_PREFILL_KERNEL");
+  if (k != nullptr && k[0] != '\0') {
+    if (std::strcmp(k, "ws") == 0) return MainKernel::kWs;
+    if (std::strcmp(k, "wg") == 0) return MainKernel::kWg;
+    if (std::strcmp(k, "sync") == 0) return MainKernel::kSync;
+    std::fprintf(stderr, "msa_jax: MSA_JAX_SPARSE_PREFILL_KERNEL=%s is not ws, wg or sync; using ws\n", k);
+    return MainKernel::kWs;
+  }
+  const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_MMA_SYNC");
+  if (e != nullptr && e[0] != '\0' && !(e[0] == '0' && e[1] == '\0')) return MainKernel::kSync;
+  return MainKernel::kWs;
+}
+}  // namespace
+
 cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
-  static const bool mma_sync = [] {
-    const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_MMA_SYNC");
-    return e != nullptr && e[0] != '\0' && !(e[0] == '0' && e[1] == '\0');
-  }();
-  return mma_sync ? launch_main_sync(p, v, stream) : launch_main_wg(p, v, stream);
+  static const MainKernel choice = main_kernel_choice();
+  switch (choice) {
+    case MainKernel::kSync: return launch_main_sync(p, v, stream);
+    case MainKernel::kWg: return launch_main_wg(p, v, stream);
+    default: return launch_main_ws(p, v, stream);
+  }
 }
 
 }  // namespace msa::cuda::sparse_prefill

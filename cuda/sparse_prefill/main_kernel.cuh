@@ -554,31 +554,42 @@ __host__ __device__ constexpr uint32_t wg_rows_off(int g) { return uint32_t(g * 
 // constants and its global offsets by multiples of one 32-bit product, so each
 // 16-byte copy costs a handful of instructions (no per-copy swizzle or 64-bit
 // index math).
+//
+// load_kv_cp: the cp.async (same-dtype) part, for "thread" t of Tr::kThreads
+// (the warp-specialized kernel's producer threads call it for t and
+// t + 128: two of the 256 threads' shares each).
+template <class Tr>
+__device__ __forceinline__ void load_kv_cp(const uint8_t* src, uint32_t row_bytes, int nvalid, bool full128,
+                                           typename Tr::Elem* dst, uint32_t t) {
+  using Elem = typename Tr::Elem;
+  static_assert(!Tr::kFp8, "fp8 K/V are converted through registers (load_kv)");
+  constexpr int kCpr = Tr::kCpr, kStep = Tr::kRowStep, kIters = 128 / kStep;
+  static_assert(kStep % 8 == 0 && (Tr::kN % kStep == 0 || kStep % Tr::kN == 0), "row step vs tile rows");
+  static_assert(kIters % 2 == 0, "the 64-key halves split the copies evenly");
+  const uint32_t cc = t % kCpr, r0 = t / kCpr;
+  Elem* d = dst + kv_off<Tr>(r0, cc * 8);
+  const uint8_t* s = src + cc * 16;
+  const uint32_t off0 = r0 * row_bytes, step = kStep * row_bytes;  // < 2^31: 128 rows of one head's stride
+  const int left = nvalid - int(r0);
+  auto copy = [&](int i) {
+    const int flag = left - 1 - i * kStep;  // >= 0 <=> row r0 + i * kStep < nvalid
+    const uint32_t off = flag >= 0 ? off0 + uint32_t(i) * step : 0u;  // not read when zero-filled
+    cp_async_16(d + kv_row_delta<Tr>(i * kStep), s + off, flag);
+  };
+#pragma unroll
+  for (int i = 0; i < kIters / 2; ++i) copy(i);
+  if (full128) {
+#pragma unroll
+    for (int i = kIters / 2; i < kIters; ++i) copy(i);
+  }
+}
 template <class Tr>
 __device__ __forceinline__ void load_kv(const uint8_t* src, uint32_t row_bytes, int nvalid, bool full128,
                                         typename Tr::Elem* dst) {
   using Elem = typename Tr::Elem;
   const uint32_t t = threadIdx.x + opaque_zero();
   if constexpr (!Tr::kFp8) {
-    constexpr int kCpr = Tr::kCpr, kStep = Tr::kRowStep, kIters = 128 / kStep;
-    static_assert(kStep % 8 == 0 && (Tr::kN % kStep == 0 || kStep % Tr::kN == 0), "row step vs tile rows");
-    static_assert(kIters % 2 == 0, "the 64-key halves split the copies evenly");
-    const uint32_t cc = t % kCpr, r0 = t / kCpr;
-    Elem* d = dst + kv_off<Tr>(r0, cc * 8);
-    const uint8_t* s = src + cc * 16;
-    const uint32_t off0 = r0 * row_bytes, step = kStep * row_bytes;  // < 2^31: 128 rows of one head's stride
-    const int left = nvalid - int(r0);
-    auto copy = [&](int i) {
-      const int flag = left - 1 - i * kStep;  // >= 0 <=> row r0 + i * kStep < nvalid
-      const uint32_t off = flag >= 0 ? off0 + uint32_t(i) * step : 0u;  // not read when zero-filled
-      cp_async_16(d + kv_row_delta<Tr>(i * kStep), s + off, flag);
-    };
-#pragma unroll
-    for (int i = 0; i < kIters / 2; ++i) copy(i);
-    if (full128) {
-#pragma unroll
-      for (int i = kIters / 2; i < kIters; ++i) copy(i);
-    }
+    load_kv_cp<Tr>(src, row_bytes, nvalid, full128, dst, t);
   } else {
     constexpr int kCpr8 = Tr::kD / 16;  // 16 fp8 values per chunk
     constexpr int kStep = Tr::kThreads / kCpr8, kIters = 128 / kStep;
@@ -614,11 +625,13 @@ __device__ __forceinline__ void load_kv(const uint8_t* src, uint32_t row_bytes, 
 // zero-filled) -> shared memory (SmemLayoutQ). Thread t copies chunk
 // t % kCpr of rows r0 + i * kRowStep: one offset load, a select and an add per
 // 16-byte copy; the smem offsets are compile-time steps from one base.
+// gather_q_t: for "thread" t of Tr::kThreads (gather_q: t = threadIdx.x; the
+// warp-specialized kernel's producer threads call it for t and t + 128).
 template <class Tr>
-__device__ __forceinline__ void gather_q(const void* q, const int64_t* s_qoff, typename Tr::Elem* q_smem) {
+__device__ __forceinline__ void gather_q_t(const void* q, const int64_t* s_qoff, typename Tr::Elem* q_smem,
+                                           uint32_t t) {
   constexpr int kCpr = Tr::kCpr, kStep = Tr::kRowStep;
   static_assert(kStep % 8 == 0, "row step must keep the swizzle phase");
-  const uint32_t t = threadIdx.x + opaque_zero();
   const uint32_t cc = t % kCpr, r0 = t / kCpr;
   typename Tr::Elem* d = q_smem + swz_off<Tr::kM>(r0, cc * 8);
   const uint8_t* s = static_cast<const uint8_t*>(q) + cc * 16;
@@ -629,6 +642,10 @@ __device__ __forceinline__ void gather_q(const void* q, const int64_t* s_qoff, t
 #pragma unroll
   for (int i = 0; i < kRows; ++i)  // the high word's sign: padding
     cp_async_16_or_zero(d + i * kStep * 64, s + off[i], s, int(off[i] >> 32));
+}
+template <class Tr>
+__device__ __forceinline__ void gather_q(const void* q, const int64_t* s_qoff, typename Tr::Elem* q_smem) {
+  gather_q_t<Tr>(q, s_qoff, q_smem, threadIdx.x + opaque_zero());
 }
 
 // kWg: the sm_90a wgmma tile loop (per-warpgroup tile counts); false, or any

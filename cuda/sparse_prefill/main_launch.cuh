@@ -12,8 +12,8 @@
 namespace msa::cuda::sparse_prefill {
 namespace main_launch {
 
-template <class Tr, bool kWg>
-cudaError_t launch(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+// The kernel arguments (shared with the warp-specialized kernel's launch).
+inline MainArgs make_args(const SparsePrefillParams& p, const PassView& v) {
   MainArgs a{};
   a.p = p;
   a.v = v;
@@ -23,6 +23,12 @@ cudaError_t launch(const SparsePrefillParams& p, const PassView& v, cudaStream_t
   a.div_group = cutlass::FastDivmod(a.group);
   a.div_topk = cutlass::FastDivmod(int(p.topk));
   a.zero = 0;
+  return a;
+}
+
+template <class Tr, bool kWg>
+cudaError_t launch(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+  const MainArgs a = make_args(p, v);
   if (v.work_items == 0) return cudaSuccess;
   auto kernel = main_kernel<Tr, kWg>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);

@@ -1,0 +1,442 @@
+// The warp-specialized, double-buffered KV-outer main kernel of
+// msa_sparse_prefill (sm_90a, bf16 / fp16 K/V; FlashAttention-3 hopper/
+// style): the same work items, math and outputs as main_kernel<Tr, true>
+// (main_kernel.cuh), organised so that the loads of item i + 1 overlap the
+// compute of item i inside one CTA.
+//
+//   1 CTA per SM, 384 threads:
+//   * warpgroup 0 = producer (setmaxnreg.dec to kProducerRegs). Per item: the
+//     row setup (row_setup of main_kernel.cuh, into the stage's RowSetup),
+//     then cp.async (16-byte, L2 only, zero-fill for rows past nvalid and for
+//     padding rows) of K, the gathered Q rows and V into the stage's smem.
+//     Each producer thread waits for its own copies (cp.async.wait_group),
+//     fences them to the async proxy and arrives on an mbarrier: full_kq[s]
+//     (K + Q + the RowSetup), then full_v[s] (V). The next item's descriptor
+//     (a global load) and metadata (fetch_meta's 4-byte cp.asyncs, into a
+//     producer-only double buffer) are fetched one item ahead, so that the
+//     producer's chain work -> meta -> row setup -> Q gather is off the
+//     consumers' path.
+//   * warpgroups 1, 2 = consumers (setmaxnreg.inc to kConsumerRegs), MMA rows
+//     [0, 64) and [64, 128) of the item (the wgmma path of main_kernel, with
+//     the consumer thread index ct = threadIdx.x - 128 in place of
+//     threadIdx.x): wait full_kq[s]; S(0) + softmax(0); wait full_v[s]; the
+//     tile loop; the epilogue (O staged through the warpgroup's own Q rows of
+//     the stage); per warp one arrive on empty[s].
+//   * 2 stages of Q + K + V (Traits::kSmemBytes each: 96 KB at D = 128, 48 KB
+//     at D = 64), 2 RowSetups, 2 ItemMetas, 6 mbarriers: ~199 KB at D = 128.
+//
+//   Key tiles (kN), k-steps, the softmax and the epilogue are those of
+//   main_kernel<Tr, true>, operation for operation: outputs are meant to be
+//   bit-identical to the wg kernel (and to the mma.sync one as far as the wg
+//   kernel is).
+//
+//   Proxies: cp.async writes are generic-proxy writes; wgmma reads through the
+//   async proxy. As in main_kernel (publish_smem) and FA3's writer-side
+//   pattern, the thread that issued the copies waits for them, executes
+//   fence.proxy.async.shared::cta, and only then releases them (here: the
+//   mbarrier arrive the consumers acquire). The epilogue's st.shared into the
+//   Q rows comes after the wgmmas reading them completed, as in main_kernel.
+//
+//   Synchronisation (s = i % 2, parity (i / 2) % 2):
+//     producer:  wait empty[s] (parity ^ 1: the first two pass) -> K copies ->
+//                row setup (st.shared into rows[s]) -> bar.sync 1, 128 ->
+//                Q copies -> [group] -> next item's metadata copies ->
+//                [group] -> V copies -> [group] -> wait_group 2, proxy
+//                fence, arrive full_kq[s] -> wait_group 0, proxy fence,
+//                arrive full_v[s] (128 arrivals each).
+//     consumer:  wait full_kq[s] -> ... -> wait full_v[s] -> ... -> epilogue
+//                -> __syncwarp -> lane 0 arrive empty[s] (8 arrivals).
+//   Producer-only data (ItemMeta[2], the descriptor in registers) never
+//   needs a consumer barrier.
+#pragma once
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "cuda/sparse_prefill/main_kernel.cuh"
+
+namespace msa::cuda::sparse_prefill {
+
+template <class Tr>
+struct WsTraits {
+  static_assert(!Tr::kFp8, "the warp-specialized kernel copies K/V with cp.async (no fp8 conversion)");
+  static constexpr int kStages = 2;
+  static constexpr int kProducerThreads = 128;        // warpgroup 0
+  static constexpr int kConsumerThreads = Tr::kThreads;  // warpgroups 1, 2: the 256 threads of main_kernel
+  static_assert(kConsumerThreads == 2 * kProducerThreads, "each producer thread does two threads' copies");
+  static constexpr int kThreads = kProducerThreads + kConsumerThreads;
+  // setmaxnreg: 128 x kProducerRegs + 256 x kConsumerRegs <= 64K registers.
+  static constexpr int kProducerRegs = 56;
+  static constexpr int kConsumerRegs = 224;
+  static_assert(kProducerThreads * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
+
+  // Dynamic shared memory: the stages (Q, K, V as in main_kernel, each region
+  // a multiple of 1024 bytes from a 1024-aligned base), then the RowSetups,
+  // the ItemMetas and the mbarriers.
+  static constexpr int kStageBytes = Tr::kSmemBytes;
+  static_assert(kStageBytes % 1024 == 0 && Tr::kSmemQBytes % 1024 == 0 && Tr::kSmemKVBytes % 1024 == 0,
+                "stages and regions keep the 1024-byte alignment of the wgmma descriptors");
+  static constexpr int kRowsOff = kStages * kStageBytes;
+  static constexpr int kMetaOff = kRowsOff + kStages * int(sizeof(RowSetup));
+  static constexpr int kBarOff = kMetaOff + kStages * int(sizeof(ItemMeta));
+  static_assert(sizeof(RowSetup) % 16 == 0 && sizeof(ItemMeta) % 16 == 0, "16-byte alignment of the metadata");
+  enum { kFullKQ = 0, kFullV = kStages, kEmpty = 2 * kStages, kBars = 3 * kStages };
+  static constexpr int kSmemBytes = kBarOff + kBars * 8;
+  static_assert(kSmemBytes <= 227 * 1024, "the opt-in shared-memory limit of sm_90");
+  // Arrivals: full_kq, full_v: every producer thread (after its copies
+  // landed and its proxy fence); empty: one per consumer warp.
+  static constexpr int kFullKQArrivals = kProducerThreads;
+  static constexpr int kFullVArrivals = kProducerThreads;
+  static constexpr int kEmptyArrivals = kConsumerThreads / 32;
+};
+
+#if MSA_SP_WGMMA
+namespace ws_detail {
+
+using Bar = cutlass::arch::ClusterBarrier;
+
+template <class Tr>
+struct Smem {
+  uint8_t* base;
+  __device__ __forceinline__ uint8_t* stage(int s) const { return base + s * WsTraits<Tr>::kStageBytes; }
+  __device__ __forceinline__ typename Tr::Elem* q(int s) const {
+    return reinterpret_cast<typename Tr::Elem*>(stage(s));
+  }
+  __device__ __forceinline__ typename Tr::Elem* k(int s) const {
+    return reinterpret_cast<typename Tr::Elem*>(stage(s) + Tr::kSmemQBytes);
+  }
+  __device__ __forceinline__ typename Tr::Elem* v(int s) const {
+    return reinterpret_cast<typename Tr::Elem*>(stage(s) + Tr::kSmemQBytes + Tr::kSmemKVBytes);
+  }
+  __device__ __forceinline__ RowSetup& rows(int s) const {
+    return reinterpret_cast<RowSetup*>(base + WsTraits<Tr>::kRowsOff)[s];
+  }
+  __device__ __forceinline__ ItemMeta& meta(int s) const {
+    return reinterpret_cast<ItemMeta*>(base + WsTraits<Tr>::kMetaOff)[s];
+  }
+  __device__ __forceinline__ uint64_t* bar(int i) const {
+    return reinterpret_cast<uint64_t*>(base + WsTraits<Tr>::kBarOff) + i;
+  }
+};
+
+// bar.sync among the producer warpgroup only (id 1; 0 is __syncthreads).
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
+
+// ---- Producer (warpgroup 0, pt = threadIdx.x in [0, 128)). Each producer
+// thread does the copies of main_kernel's threads pt and pt + 128 (load_kv_cp,
+// gather_q_t: their index maps, checked on the host for 256 threads), and the
+// metadata / row setup of main_kernel's warps pt / 32 and pt / 32 + 4
+// (fetch_meta, row_setup: warp-local, so a producer warp fetches exactly what
+// it later sets up).
+template <class Tr>
+__device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, int num_work, int stride) {
+  using W = WsTraits<Tr>;
+  using Elem = typename Tr::Elem;
+  const SparsePrefillParams& p = a.p;
+  const PassView& v = a.v;
+  const int pt = int(threadIdx.x);
+  int64_t w = blockIdx.x;
+  if (w >= num_work) return;
+  constexpr int kKvBytes = int(sizeof(Elem));
+  const bool full128 = p.block_size > 64;
+
+  // Prologue: the first item's descriptor and metadata.
+  WorkItem it = v.work[w];
+  fetch_meta(a, it, sm.meta(0), pt);
+  fetch_meta(a, it, sm.meta(0), pt + 128);
+  cute::cp_async_fence();
+  cute::cp_async_wait<0>();
+  for (int i = 0; w < num_work; w += stride, ++i) {
+    const int s = i & 1;
+    const uint32_t parity = uint32_t(i >> 1) & 1u;
+    const bool has_next = w + stride < num_work;
+    // The next item's descriptor: in flight while this item waits and copies.
+    WorkItem nx{};
+    if (has_next) nx = v.work[w + stride];
+    // This item's metadata landed (the previous iteration's wait_group 0 /
+    // the prologue's; each lane waited for its own copies, __syncwarp shares them).
+    __syncwarp();
+    // The consumers are done with stage s (item i - 2: its Q rows, K, V and
+    // RowSetup).
+    Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
+
+    const ItemMeta& m = sm.meta(s);
+    RowSetup& rows = sm.rows(s);
+    {
+      const ItemKV kv = item_kv<Tr>(p, it, m.hdr[pt >> 5]);
+      const uint8_t* ksrc = static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes;
+      load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt));
+      load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt + 128));
+    }
+    row_setup<Tr>(a, it, m, rows, pt);
+    row_setup<Tr>(a, it, m, rows, pt + 128);
+    producer_sync();  // every row's qoff written (read across warps by the gather)
+    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
+    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
+    cute::cp_async_fence();  // group: K, Q
+    // The next item's metadata (into the other ItemMeta: its last reader, the
+    // row setup of item i - 1, is behind this item's producer_sync).
+    if (has_next) {
+      fetch_meta(a, nx, sm.meta(s ^ 1), pt);
+      fetch_meta(a, nx, sm.meta(s ^ 1), pt + 128);
+    }
+    cute::cp_async_fence();  // group: metadata
+    {
+      // (item_kv again: not held in registers across the row setup and the gather.)
+      const ItemKV kv = item_kv<Tr>(p, it, m.hdr[pt >> 5]);
+      const uint8_t* vsrc = static_cast<const uint8_t*>(p.v) + kv.kv_base * kKvBytes;
+      load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt));
+      load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt + 128));
+    }
+    cute::cp_async_fence();  // group: V
+    // K and Q landed: this thread's copies (and RowSetup stores) -> the async
+    // proxy (wgmma) and, through the arrive's release, the consumers.
+    cute::cp_async_wait<2>();
+    fence_proxy_async_smem();
+    Bar::arrive(sm.bar(W::kFullKQ + s));
+    // V (and the next item's metadata) landed.
+    cute::cp_async_wait<0>();
+    fence_proxy_async_smem();
+    Bar::arrive(sm.bar(W::kFullV + s));
+    it = nx;
+  }
+  cute::cp_async_wait<0>();
+}
+
+// ---- Consumer (warpgroups 1, 2): ct = threadIdx.x - 128 plays main_kernel's
+// threadIdx.x (warp ct / 32 owns MMA rows [16 (ct / 32), + 16), warpgroup
+// cg = ct / 128 rows [64 cg, 64 cg + 64)). The tile loop is main_kernel's
+// wgmma path.
+template <class Tr>
+__device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, int num_work, int stride,
+                                         uint32_t cg) {
+  using W = WsTraits<Tr>;
+  using Elem = typename Tr::Elem;
+  constexpr int kN = Tr::kN, kD = Tr::kD;
+  const PassView& v = a.v;
+  constexpr int kMmaN = kN / 8;  // n-atoms of S per thread (the m16n8 C layout)
+
+  for (int64_t w = blockIdx.x, i = 0; w < num_work; w += stride, ++i) {
+    const int s = int(i & 1);
+    const uint32_t parity = uint32_t(i >> 1) & 1u;
+    Elem* const q_smem = sm.q(s);
+    const RowSetup& rows = sm.rows(s);
+
+    // Accumulators in the m16n8 C order of main_kernel (value 2 h + vv of
+    // n-atom j at index 4 j + 2 h + vv: row 16 w + lane / 4 + 8 h, column
+    // 8 j + 2 (lane % 4) + vv), which is the register order of the wgmma
+    // m64nN accumulators.
+    Tensor acc_o = make_tensor<float>(Shape<Int<kD / 2>>{});
+    Tensor acc_s = make_tensor<float>(Shape<Int<kN / 2>>{});
+    Tensor rP = make_tensor<Elem>(Shape<Int<kN / 2>>{});
+    auto S = [&](int h, int vv, int j) -> float& { return acc_s(4 * j + 2 * h + vv); };
+    auto O = [&](int h, int vv, int j) -> float& { return acc_o(4 * j + 2 * h + vv); };
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+    auto s_gemm = [&](int n) {
+      const uint32_t q_lo = wg_desc_lo(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(cg), kWgLboK);
+      const uint32_t k_lo = wg_desc_lo(cast_smem_ptr_to_uint(sm.k(s)) + wg_tile_off<Tr>(n), kWgLboK);
+      wg_fence_regs(acc_s);
+      cute::warpgroup_arrive();
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) {
+        wg_ss<WgS<Elem, kN>>(wg_desc(q_lo, wg_q_off<Tr>(ks)), wg_desc(k_lo, wg_k_off<Tr>(ks)), acc_s, ks > 0,
+                             std::make_index_sequence<kN / 2>{});
+      }
+      cute::warpgroup_commit_batch();
+      cute::warpgroup_wait<0>();  // S(n) and P V(n - 1)
+      wg_fence_regs(acc_s);
+      wg_fence_regs(acc_o);
+    };
+
+    // main_kernel's softmax, operation for operation.
+    auto softmax = [&](int n, auto first, bool masked) {
+      constexpr bool kFirst = decltype(first)::value;
+#pragma unroll
+      for (int e = 0; e < size(acc_s); ++e) acc_s(e) *= a.scale_log2;
+      if (masked) {
+        const int t = int(threadIdx.x) - 128 + (n & a.zero), r0 = (t >> 5) * 16 + ((t & 31) >> 2);
+        const int lim0 = rows.vis[r0] - n * kN - 2 * (t & 3), lim1 = rows.vis[r0 + 8] - n * kN - 2 * (t & 3);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int lim = h == 0 ? lim0 : lim1;
+#pragma unroll
+          for (int j = 0; j < kMmaN; ++j) {
+#pragma unroll
+            for (int vv = 0; vv < 2; ++vv) {
+              float& x = S(h, vv, j);
+              x = 8 * j + vv < lim ? x : -INFINITY;
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = row_max[h];
+#pragma unroll
+        for (int j = 0; j < kMmaN; ++j) {
+#pragma unroll
+          for (int vv = 0; vv < 2; ++vv) mx = fmaxf(mx, S(h, vv, j));
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_use = mx == -INFINITY ? 0.0f : mx;
+        const float corr = exp2f(row_max[h] - m_use);  // row_max = -inf -> 0
+        row_max[h] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kMmaN; ++j) {
+#pragma unroll
+          for (int vv = 0; vv < 2; ++vv) {
+            const float pe = exp2f(S(h, vv, j) - m_use);
+            rP(4 * j + 2 * h + vv) = Elem(pe);
+            sum += pe;
+          }
+        }
+        row_sum[h] = row_sum[h] * corr + sum;
+        if constexpr (!kFirst) {
+#pragma unroll
+          for (int j = 0; j < kD / 8; ++j) {
+#pragma unroll
+            for (int vv = 0; vv < 2; ++vv) O(h, vv, j) *= corr;
+          }
+        }
+      }
+    };
+
+    auto pv = [&](int n, bool accumulate) {
+      Tensor pw = recast<uint32_t>(rP);  // k-step ks: words 4 ks .. 4 ks + 3 (the A fragment)
+      const uint32_t v_lo = wg_desc_lo(cast_smem_ptr_to_uint(sm.v(s)) + wg_tile_off<Tr>(n), kWgLboV<Tr>);
+      wg_fence_regs(pw);
+      wg_fence_regs(acc_o);
+      cute::warpgroup_arrive();
+#pragma unroll
+      for (int ks = 0; ks < kN / 16; ++ks) {
+        wg_rs<WgPV<Elem, kD>>(pw, 4 * ks, wg_desc(v_lo, wg_v_off(ks)), acc_o, accumulate || ks > 0,
+                              std::make_index_sequence<kD / 2>{});
+      }
+      cute::warpgroup_commit_batch();  // waited for with the next tile's S (or before the epilogue)
+    };
+
+    // K, Q and the RowSetup of the item.
+    Bar::wait(sm.bar(W::kFullKQ + s), parity);
+    // Tile counts of the warpgroup (main_kernel's wgmma path: REDUX over its
+    // four warps' reductions).
+    const int w0 = int(cg) * 4;
+    const uint32_t vis_max = __reduce_max_sync(0xffffffffu, max(max(rows.vis_max[w0], rows.vis_max[w0 + 1]),
+                                                                max(rows.vis_max[w0 + 2], rows.vis_max[w0 + 3])));
+    const uint32_t vis_min = __reduce_min_sync(0xffffffffu, min(min(rows.vis_min[w0], rows.vis_min[w0 + 1]),
+                                                                min(rows.vis_min[w0 + 2], rows.vis_min[w0 + 3])));
+    const int tiles = int((vis_max + kN - 1) / kN), full_tiles = int(vis_min / kN);
+
+    if (tiles > 0) {
+      s_gemm(0);  // overlaps the V copy
+      softmax(0, std::true_type{}, full_tiles == 0);
+    } else {
+      clear(rP);  // padding / no-key rows: P = 0, O = +0 (as main_kernel)
+    }
+    Bar::wait(sm.bar(W::kFullV + s), parity);
+    pv(0, false);
+    int n = 1;
+    for (; n < tiles && n < full_tiles; ++n) {
+      s_gemm(n);
+      softmax(n, std::false_type{}, false);
+      pv(n, true);
+    }
+    for (; n < tiles; ++n) {
+      s_gemm(n);
+      softmax(n, std::false_type{}, true);
+      pv(n, true);
+    }
+    cute::warpgroup_wait<0>();  // the last P V
+    wg_fence_regs(acc_o);
+
+    // ---- Epilogue: main_kernel's, on the stage's Q rows of this warp.
+    float row_lse[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float sum = row_sum[h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const bool any = row_max[h] != -INFINITY && sum > 0.0f;
+      row_sum[h] = any ? a.out_scale / sum : 0.0f;
+      row_lse[h] = any ? (row_max[h] + __log2f(sum)) * 0.69314718055994530942f : -INFINITY;
+    }
+    __syncwarp();
+    {
+      const uint32_t base = o_frag_base<Tr>(threadIdx.x - 128 + opaque_zero());
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int j = 0; j < kD / 8; ++j) {
+          *reinterpret_cast<uint32_t*>(q_smem + o_frag_off<Tr>(base, h, j)) =
+              pack2<Elem>(O(h, 0, j) * row_sum[h], O(h, 1, j) * row_sum[h]);
+        }
+      }
+    }
+    const int et = int(threadIdx.x) - 128 + (int(w) & a.zero), my_row0 = (et >> 5) * 16 + ((et & 31) >> 2);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if ((et & 3) == 0) {
+        const int64_t out = rows.out[my_row0 + 8 * h];
+        if (out >= 0) v.part_lse[out / kD] = row_lse[h];
+      }
+    }
+    __syncwarp();
+    {
+      using Map = ORowMap<Tr>;
+      const uint32_t t = threadIdx.x - 128 + opaque_zero(), row = Map::row(t), base = Map::base(t);
+      Elem* po = static_cast<Elem*>(v.part_o) + Map::chunk(t) * 8;
+#pragma unroll
+      for (int e = 0; e < Map::kChunks; ++e) {
+        const int64_t out = rows.out[row + Map::kRs * e];  // < 0: padding row (not stored)
+        const uint4 val = *reinterpret_cast<const uint4*>(q_smem + Map::off(base, e));
+        st_global_16_if(po + out, val, int(out >> 32));
+      }
+    }
+    // This warp is done with stage s (its Q rows, K, V, the RowSetup).
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) Bar::arrive(sm.bar(W::kEmpty + s));
+  }
+}
+
+}  // namespace ws_detail
+#endif  // MSA_SP_WGMMA
+
+// Launched only where it was compiled for sm_90a (the host checks the
+// function's PTX / binary version): every other target compiles a trap.
+template <class Tr>
+__global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(const __grid_constant__ MainArgs a) {
+#if MSA_SP_WGMMA
+  using W = WsTraits<Tr>;
+  extern __shared__ __align__(1024) uint8_t smem_[];
+  if (cast_smem_ptr_to_uint(smem_) & 1023u) __trap();  // (folded: the wgmma descriptors need it)
+  const ws_detail::Smem<Tr> sm{smem_};
+  // num_work <= work_items by construction (scan); clamped all the same.
+  const int num_work = int(min(int64_t(*a.v.num_work), a.v.work_items));
+  const int stride = int(gridDim.x);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < W::kStages; ++s) {
+      ws_detail::Bar::init(sm.bar(W::kFullKQ + s), W::kFullKQArrivals);
+      ws_detail::Bar::init(sm.bar(W::kFullV + s), W::kFullVArrivals);
+      ws_detail::Bar::init(sm.bar(W::kEmpty + s), W::kEmptyArrivals);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+  // The warpgroup, uniform (REDUX).
+  const uint32_t wg = __reduce_max_sync(0xffffffffu, uint32_t(threadIdx.x >> 7));
+  if (wg == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<W::kProducerRegs>();
+    ws_detail::producer<Tr>(a, sm, num_work, stride);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<W::kConsumerRegs>();
+    ws_detail::consumer<Tr>(a, sm, num_work, stride, wg - 1);
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace msa::cuda::sparse_prefill
