@@ -651,7 +651,8 @@ __device__ __forceinline__ void gather_q(const void* q, const int64_t* s_qoff, t
 // kWg: the sm_90a wgmma tile loop (per-warpgroup tile counts); false, or any
 // target other than sm_90a: the mma.sync tile loop (per-warp tile counts).
 // Both instances exist so that the host can select the mma.sync one
-// (MSA_JAX_SPARSE_PREFILL_MMA_SYNC=1) for A/B runs and bit comparisons.
+// (MSA_JAX_SPARSE_PREFILL_KERNEL=sync, or the older MSA_JAX_SPARSE_PREFILL_MMA_SYNC=1) for
+// A/B runs and bit comparisons. (main_kernel_ws.cuh: the warp-specialized kernel.)
 template <class Tr, bool kWg>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(const __grid_constant__ MainArgs a) {
   using Elem = typename Tr::Elem;
