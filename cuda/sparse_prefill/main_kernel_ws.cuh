@@ -6,9 +6,9 @@
 //
 //   1 CTA per SM, 384 threads:
 //   * warpgroup 0 = producer (setmaxnreg.dec to kProducerRegs). Per item: the
-//     row setup (row_setup of main_kernel.cuh, into the stage's RowSetup),
-//     then cp.async (16-byte, L2 only, zero-fill for rows past nvalid and for
-//     padding rows) of K, the gathered Q rows and V into the stage's smem.
+//     row setup (row_setup of main_kernel.cuh, into RowSetup i % 3, before the
+//     stage is free), then cp.async (16-byte, L2 only, zero-fill for rows past nvalid and for
+//     padding rows) of the gathered Q rows, K and V into the stage's smem.
 //     Each producer thread waits for its own copies (cp.async.wait_group),
 //     fences them to the async proxy and arrives on an mbarrier: full_kq[s]
 //     (K + Q + the RowSetup), then full_v[s] (V). The next item's descriptor
@@ -23,7 +23,7 @@
 //     tile loop; the epilogue (O staged through the warpgroup's own Q rows of
 //     the stage); per warp one arrive on empty[s].
 //   * 2 stages of Q + K + V (Traits::kSmemBytes each: 96 KB at D = 128, 48 KB
-//     at D = 64), 2 RowSetups, 2 ItemMetas, 6 mbarriers: ~199 KB at D = 128.
+//     at D = 64), 3 RowSetups, 2 ItemMetas, 6 mbarriers: ~201 KB at D = 128.
 //
 //   Key tiles (kN), k-steps, the softmax and the epilogue are those of
 //   main_kernel<Tr, true>, operation for operation: outputs are meant to be
@@ -38,9 +38,9 @@
 //   Q rows comes after the wgmmas reading them completed, as in main_kernel.
 //
 //   Synchronisation (s = i % 2, parity (i / 2) % 2):
-//     producer:  wait empty[s] (parity ^ 1: the first two pass) -> K copies ->
-//                row setup (st.shared into rows[s]) -> bar.sync 1, 128 ->
-//                Q copies -> [group] -> next item's metadata copies ->
+//     producer:  row setup (st.shared into rows[i % 3]) -> bar.sync 1, 128 ->
+//                wait empty[s] (parity ^ 1: the first two pass) -> Q copies ->
+//                K copies -> [group] -> next item's metadata copies ->
 //                [group] -> V copies -> [group] -> wait_group 2, proxy
 //                fence, arrive full_kq[s] -> wait_group 0, proxy fence,
 //                arrive full_v[s] (128 arrivals each).
@@ -76,8 +76,13 @@ struct WsTraits {
   static constexpr int kStageBytes = Tr::kSmemBytes;
   static_assert(kStageBytes % 1024 == 0 && Tr::kSmemQBytes % 1024 == 0 && Tr::kSmemKVBytes % 1024 == 0,
                 "stages and regions keep the 1024-byte alignment of the wgmma descriptors");
+  // RowSetups: one more than the stages, so that the producer sets up item
+  // i (into rows[i % 3]) before stage i % 2 is released: the consumers still
+  // read rows[(i - 2) % 3] (and rows[(i - 1) % 3]); rows[(i - 3) % 3] was
+  // released with item i - 3, before the producer's empty wait of item i - 1.
+  static constexpr int kRowBufs = kStages + 1;
   static constexpr int kRowsOff = kStages * kStageBytes;
-  static constexpr int kMetaOff = kRowsOff + kStages * int(sizeof(RowSetup));
+  static constexpr int kMetaOff = kRowsOff + kRowBufs * int(sizeof(RowSetup));
   static constexpr int kBarOff = kMetaOff + kStages * int(sizeof(ItemMeta));
   static_assert(sizeof(RowSetup) % 16 == 0 && sizeof(ItemMeta) % 16 == 0, "16-byte alignment of the metadata");
   enum { kFullKQ = 0, kFullV = kStages, kEmpty = 2 * kStages, kBars = 3 * kStages };
@@ -156,33 +161,35 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
     // This item's metadata landed (the previous iteration's wait_group 0 /
     // the prologue's; each lane waited for its own copies, __syncwarp shares them).
     __syncwarp();
-    // The consumers are done with stage s (item i - 2: its Q rows, K, V and
-    // RowSetup).
-    Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
-
+    // The row setup, before the stage is free (rows[i % 3]: see kRowBufs).
     const ItemMeta& m = sm.meta(s);
-    RowSetup& rows = sm.rows(s);
+    RowSetup& rows = sm.rows(i % W::kRowBufs);
+    row_setup<Tr>(a, it, m, rows, pt);
+    row_setup<Tr>(a, it, m, rows, pt + 128);
+    producer_sync();  // every row's qoff written (read across warps by the gather)
+    // The consumers are done with stage s (item i - 2: its Q rows, K and V).
+    Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
+    // Q first (the gathers are the copies most likely to miss L2), then K.
+    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
+    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
     {
       const ItemKV kv = item_kv<Tr>(p, it, m.hdr[pt >> 5]);
       const uint8_t* ksrc = static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt));
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt + 128));
     }
-    row_setup<Tr>(a, it, m, rows, pt);
-    row_setup<Tr>(a, it, m, rows, pt + 128);
-    producer_sync();  // every row's qoff written (read across warps by the gather)
-    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
-    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
-    cute::cp_async_fence();  // group: K, Q
-    // The next item's metadata (into the other ItemMeta: its last reader, the
-    // row setup of item i - 1, is behind this item's producer_sync).
+    cute::cp_async_fence();  // group: Q, K
+    // The next item's metadata (into the other ItemMeta: its last readers, the
+    // row setup and item_kv of item i - 1, are in this warp, before this
+    // iteration's __syncwarp: fetch_meta, row_setup and item_kv touch only the
+    // warp's own parts).
     if (has_next) {
       fetch_meta(a, nx, sm.meta(s ^ 1), pt);
       fetch_meta(a, nx, sm.meta(s ^ 1), pt + 128);
     }
     cute::cp_async_fence();  // group: metadata
     {
-      // (item_kv again: not held in registers across the row setup and the gather.)
+      // (item_kv again: not held in registers across the metadata copies.)
       const ItemKV kv = item_kv<Tr>(p, it, m.hdr[pt >> 5]);
       const uint8_t* vsrc = static_cast<const uint8_t*>(p.v) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt));
@@ -220,7 +227,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     const int s = int(i & 1);
     const uint32_t parity = uint32_t(i >> 1) & 1u;
     Elem* const q_smem = sm.q(s);
-    const RowSetup& rows = sm.rows(s);
+    const RowSetup& rows = sm.rows(int(i % W::kRowBufs));
 
     // Accumulators in the m16n8 C order of main_kernel (value 2 h + vv of
     // n-atom j at index 4 j + 2 h + vv: row 16 w + lane / 4 + 8 h, column
