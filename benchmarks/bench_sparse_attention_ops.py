@@ -162,7 +162,8 @@ def plot(rows, path: str) -> None:
     ax1.axhline(1.0, color="gray", lw=0.8)
     ax1.set(xscale="log", xlabel="context (tokens)", ylabel="speedup over dense (x)",
             title="MSA vs dense (cuDNN prefill / paged decode)")
-    ax1.legend(fontsize=7)
+    if series:  # (a sweep without e2e / sparse_decode rows has nothing to label)
+        ax1.legend(fontsize=7)
     dec = [r for r in rows if r[0] in ("decode", "paged_decode") and r[8].startswith("copy")]
     if dec:
         labels = [f"{r[1]} {r[2]}".replace(",d=128", "") for r in dec]
