@@ -20,7 +20,10 @@ __all__ = ["sparse_prefill"]
 # stays within 2 GiB (fewer passes: each has a fixed cost); the scratch output
 # holds one pass's bitmaps, look-back state, work list and partials. Shapes only.
 # MSA_JAX_SPARSE_PREFILL_Q_CHUNK overrides q_chunk (tests use it to force several
-# passes).
+# passes). Each pass's work is ordered by (kv head, query range, KV block) with
+# q_ranges ranges of rows per pass, so that the query rows the main kernel
+# gathers at once stay in L2; MSA_JAX_SPARSE_PREFILL_Q_RANGES overrides
+# q_ranges (A/B runs; the outputs are the same bits for every value).
 def _a256(x: int) -> int:
     return -(-x // 256) * 256
 
@@ -38,14 +41,40 @@ def sparse_prefill_q_chunk(T: int, Hq: int, D: int, K: int) -> int:
     return max(1, min(T, c))
 
 
-def sparse_prefill_scratch_bytes(T, Hq, Hkv, D, K, total_blocks, q_chunk, B) -> int:
+_Q_RANGE_BYTES = 8 << 20   # one KV head's query rows of one range (kSparsePrefillQRangeBytes)
+_MAX_Q_RANGES = 16         # kSparsePrefillMaxQRanges
+
+
+def sparse_prefill_q_ranges(T: int, Hq: int, Hkv: int, D: int, K: int, q_chunk: int, total_blocks: int,
+                            block_size: int, kv_bytes: int = 2) -> int:
+    """Query ranges per pass: the smallest R whose ceil(Tc / R) rows x G heads x D x 2 bytes of one
+    KV head's queries fit 8 MiB, in [1, min(16, ceil(Tc / 32))]; then at most 1 + Qg / (2 KVs) so
+    that the K/V blocks each extra range re-reads (KVs = Hkv x total_blocks x block_size x D x 2 x
+    kv_bytes per sweep) stay below half of the pass's Q gathers (Qg = Tc x Hq x D x 2 x K)."""
+    env = os.environ.get("MSA_JAX_SPARSE_PREFILL_Q_RANGES")
+    if env:
+        return max(1, int(env))
     tc = min(q_chunk, max(T, 1))
-    N = Hkv * total_blocks
+    rows = max(1, _Q_RANGE_BYTES // ((Hq // Hkv) * D * 2))
+    r = min(-(-tc // rows), -(-tc // 32), _MAX_Q_RANGES)
+    kvs = Hkv * total_blocks * block_size * D * 2 * kv_bytes
+    if kvs > 0:
+        r = min(r, 1 + (tc * Hq * D * 2 * K) // (2 * kvs))
+    return max(1, r)
+
+
+def sparse_prefill_scratch_bytes(T, Hq, Hkv, D, K, total_blocks, q_chunk, B, q_ranges=1) -> int:
+    if q_ranges < 1:
+        return -1   # as the C++ layout (the handler rejects q_ranges < 1)
+    tc = min(q_chunk, max(T, 1))
     W = -(-tc // 32)
+    Wr = -(-W // min(q_ranges, W))   # bitmap words per list (one query range)
+    R = -(-W // Wr)                  # ranges actually used (no empty trailing range)
+    N = Hkv * R * total_blocks
     E = tc * Hkv * K
     P = max(1, 128 // (Hq // Hkv))
     WI = -(-E // P) + min(N, E)
-    return (_a256(4 * (4 * B + 2)) + _a256(4 * N) + _a256(4 * (N + 1)) + _a256(4 * N * W) + _a256(4 * E) + 256
+    return (_a256(4 * (4 * B + 2)) + _a256(4 * N) + _a256(4 * (N + 1)) + _a256(4 * N * Wr) + _a256(4 * E) + 256
             + _a256(32 * WI) + _a256(4 * tc * Hq * K) + _a256(2 * tc * Hq * K * D))
 
 
@@ -82,14 +111,18 @@ def sparse_prefill(q, k, v, block_ids, plan: PrefillPlan, *, page_table=None, sc
     total_blocks = sparse_prefill_total_blocks(plan.paged, plan.batch_size, plan.block_size, k.shape[0],
                                                pt.shape[1])
     q_chunk = sparse_prefill_q_chunk(T, Hq, D, K)
-    scratch = sparse_prefill_scratch_bytes(T, Hq, plan.num_kv_heads, D, K, total_blocks, q_chunk, plan.batch_size)
+    q_ranges = sparse_prefill_q_ranges(T, Hq, plan.num_kv_heads, D, K, q_chunk, total_blocks, plan.block_size,
+                                       jnp.dtype(k.dtype).itemsize)
+    scratch = sparse_prefill_scratch_bytes(T, Hq, plan.num_kv_heads, D, K, total_blocks, q_chunk, plan.batch_size,
+                                           q_ranges)
     call = jax.ffi.ffi_call(
         "msa_sparse_prefill",
         (jax.ShapeDtypeStruct((T, Hq, D), q.dtype), jax.ShapeDtypeStruct((T, Hq), jnp.float32),
          jax.ShapeDtypeStruct((scratch,), jnp.uint8)),
         vmap_method="sequential")
     attributes = c.attrs(scale=c.default_scale(scale, D), k_scale=float(k_scale), v_scale=float(v_scale),
-                         causal=plan.causal, paged=plan.paged, block_size=plan.block_size, q_chunk=q_chunk)
+                         causal=plan.causal, paged=plan.paged, block_size=plan.block_size, q_chunk=q_chunk,
+                         q_ranges=q_ranges)
 
     @c.inference_only(op)
     def run(q, k, v, block_ids, pt):

@@ -1,11 +1,13 @@
 """msa_sparse_prefill on the GPU (KV-outer CUDA kernels) against the reference.
 
 Most tests call the custom call directly (``_direct``: the wrapper's argument
-building, mirrored here with an explicit ``q_chunk``) so several passes can be
-forced with small shapes; ``test_wrapper_*`` and ``test_end_to_end`` go through
+building, mirrored here with an explicit ``q_chunk`` and ``q_ranges``) so several
+passes and query ranges can be forced with small shapes; ``test_wrapper_*`` and ``test_end_to_end`` go through
 the public API. Outputs: o to 1e-2 relative by norm, lse likewise, the -inf
 pattern of lse exactly (rows with no visible selected key: o = 0, lse = -inf).
 """
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -44,19 +46,31 @@ def q_chunk_rule(T, Hq, D, K):
     return max(1, min(T, c))
 
 
-def scratch_bytes(T, Hq, Hkv, D, K, nblocks, q_chunk, B):
+def q_ranges_rule(T, Hq, Hkv, D, K, q_chunk, nblocks, block_size, kv_bytes):
     tc = min(q_chunk, max(T, 1))
-    N = Hkv * nblocks
+    rows = max(1, (8 << 20) // ((Hq // Hkv) * D * 2))
+    r = min(_cdiv(tc, rows), _cdiv(tc, 32), 16)
+    kvs = Hkv * nblocks * block_size * D * 2 * kv_bytes
+    if kvs > 0:
+        r = min(r, 1 + (tc * Hq * D * 2 * K) // (2 * kvs))
+    return max(1, r)
+
+
+def scratch_bytes(T, Hq, Hkv, D, K, nblocks, q_chunk, B, q_ranges=1):
+    tc = min(q_chunk, max(T, 1))
     W = _cdiv(tc, 32)
+    Wr = _cdiv(W, min(q_ranges, W))
+    N = Hkv * _cdiv(W, Wr) * nblocks
     E = tc * Hkv * K
     P = max(1, 128 // (Hq // Hkv))
     WI = _cdiv(E, P) + min(N, E)
-    return (_a256(4 * (4 * B + 2)) + _a256(4 * N) + _a256(4 * (N + 1)) + _a256(4 * N * W) + _a256(4 * E)
+    return (_a256(4 * (4 * B + 2)) + _a256(4 * N) + _a256(4 * (N + 1)) + _a256(4 * N * Wr) + _a256(4 * E)
             + 256 + _a256(32 * WI) + _a256(4 * tc * Hq * K) + _a256(2 * tc * Hq * K * D))
 
 
-def _direct(q, k, v, ids, plan, *, page_table=None, scale=None, k_scale=1.0, v_scale=1.0, q_chunk=None):
-    """The msa_sparse_prefill custom call with an explicit q_chunk (GPU handler binding)."""
+def _direct(q, k, v, ids, plan, *, page_table=None, scale=None, k_scale=1.0, v_scale=1.0, q_chunk=None,
+            q_ranges=None):
+    """The msa_sparse_prefill custom call with an explicit q_chunk / q_ranges (GPU handler binding)."""
     T, Hq, D = q.shape
     Hkv, K = ids.shape[1], ids.shape[2]
     B = plan.batch_size
@@ -67,7 +81,11 @@ def _direct(q, k, v, ids, plan, *, page_table=None, scale=None, k_scale=1.0, v_s
         nb = total_blocks(False, B, plan.block_size, Tk=k.shape[0])
         pt = jnp.zeros((B, 1), jnp.int32)
     qc = q_chunk_rule(T, Hq, D, K) if q_chunk is None else q_chunk
-    nbytes = scratch_bytes(T, Hq, Hkv, D, K, nb, qc, B)
+    if q_ranges is None:
+        qr = q_ranges_rule(T, Hq, Hkv, D, K, qc, nb, plan.block_size, jnp.dtype(k.dtype).itemsize)
+    else:
+        qr = q_ranges
+    nbytes = scratch_bytes(T, Hq, Hkv, D, K, nb, qc, B, max(qr, 1))
     call = jax.ffi.ffi_call(
         "msa_sparse_prefill",
         (jax.ShapeDtypeStruct((T, Hq, D), q.dtype), jax.ShapeDtypeStruct((T, Hq), jnp.float32),
@@ -78,7 +96,8 @@ def _direct(q, k, v, ids, plan, *, page_table=None, scale=None, k_scale=1.0, v_s
     o, lse, _ = call(q, k, v, ids, q_indptr, kv_indptr, kv_lens, pt,
                      scale=np.float32(1.0 / np.sqrt(D) if scale is None else scale),
                      k_scale=np.float32(k_scale), v_scale=np.float32(v_scale), causal=bool(plan.causal),
-                     paged=bool(plan.paged), block_size=np.int64(plan.block_size), q_chunk=np.int64(qc))
+                     paged=bool(plan.paged), block_size=np.int64(plan.block_size), q_chunk=np.int64(qc),
+                     q_ranges=np.int64(qr))
     return o, lse
 
 
@@ -116,11 +135,11 @@ def _check(got_o, got_lse, want_o, want_lse, tol=TOL):
     assert e <= tol, f"o relative error {e:.3e}"
 
 
-def _run(q, k, v, ids, plan, pt=None, *, q_chunk=None, **kw):
+def _run(q, k, v, ids, plan, pt=None, *, q_chunk=None, q_ranges=None, **kw):
     gpu = gpu_device()
     with jax.default_device(gpu):
         o, lse = _direct(_put(q, gpu), _put(k, gpu), _put(v, gpu), _put(ids, gpu), plan,
-                         page_table=_put(pt, gpu), q_chunk=q_chunk, **kw)
+                         page_table=_put(pt, gpu), q_chunk=q_chunk, q_ranges=q_ranges, **kw)
         o, lse = jax.block_until_ready((o, lse))
     o, lse = np.asarray(o.astype(jnp.float32)), np.asarray(lse)
     # Also for the tests that only compare two GPU runs (bitwise equal poison would pass).
@@ -266,6 +285,105 @@ def test_bitwise_rerun():
     for x, y in ((a, b), (a, cc)):
         np.testing.assert_array_equal(x[0], y[0])
         np.testing.assert_array_equal(x[1], y[1])
+
+
+def _q_range_cases():
+    """(name, case args, ids, q_chunk, R values) for test_q_ranges_bitwise: ragged batches, dense and
+    paged, G = 16 / 4 / 1, D = 64 / 128, fp8 K/V, block_size 64, hot blocks (long lists), several
+    passes (q_chunk 333 / 100: last pass short), pass rows not a multiple of 32 R."""
+    out = []
+    c = prefill_case([600, 257], [900, 300], hq=32, hkv=2, d=128, seed=13)
+    out.append(("g16_dense", c, random_block_ids(np.random.default_rng(9), c.plan, 8), None, {}))
+    c = prefill_case([513, 200], [1000, 200], hq=8, hkv=2, d=64, dtype=jnp.float16, paged=True, seed=5)
+    out.append(("g4_paged_fp16", c, random_block_ids(np.random.default_rng(5), c.plan, 6), None, {}))
+    c = prefill_case([300, 77, 1], [300, 500, 129], hq=2, hkv=2, d=64, seed=7)
+    out.append(("g1_three_seqs", c, random_block_ids(np.random.default_rng(7), c.plan, 6), None, {}))
+    c = prefill_case([300, 70], [450, 70], hq=8, hkv=2, d=128, block_size=64, seed=4)
+    out.append(("block_size_64", c, random_block_ids(np.random.default_rng(6), c.plan, 6), None, {}))
+    c = prefill_case([333, 90], [500, 400], hq=16, hkv=2, d=64, seed=21)
+    ids = random_block_ids(np.random.default_rng(8), c.plan, 4)
+    out.append(("passes_333", c, ids, 333, {}))
+    out.append(("passes_100", c, ids, 100, {}))
+    c = prefill_case([700, 300], [900, 300], hq=4, hkv=4, d=128, seed=3)
+    ids = np.array(random_block_ids(np.random.default_rng(5), c.plan, 8, invalid=False))
+    ids[:, :, 0] = 0    # a sink every row selects: long lists across every range
+    out.append(("hot_block", c, jnp.asarray(ids), None, {}))
+    c = prefill_case([300, 40], [700, 300], hq=16, hkv=2, d=128, seed=9)
+    rng = np.random.default_rng(1)
+    k8, v8 = quantize_fp8(rng, c.k.shape, 0.05), quantize_fp8(rng, c.v.shape, 0.08)
+    c = dataclasses.replace(c, k=k8, v=v8)
+    out.append(("fp8_kv", c, random_block_ids(np.random.default_rng(2), c.plan, 5), None,
+                dict(k_scale=0.05, v_scale=0.08)))
+    return out
+
+
+Q_RANGE_CASES = ["g16_dense", "g4_paged_fp16", "g1_three_seqs", "block_size_64", "passes_333", "passes_100",
+                 "hot_block", "fp8_kv"]
+
+
+@pytest.mark.parametrize("name", Q_RANGE_CASES)
+def test_q_ranges_bitwise(name):
+    """Lists split by query range (q_ranges R > 1: work items ordered (g, range, block)) give the
+    same bits as R = 1: each (row, head, slot) partial does not depend on which rows share its
+    work item, and the combine reads the slots in a fixed order. R = 1 is checked against the
+    reference; R = 1000 is clamped by the layout to one bitmap word per range."""
+    (_, c, ids, q_chunk, kw), = [x for x in _q_range_cases() if x[0] == name]
+    base = _run(c.q, c.k, c.v, ids, c.plan, c.page_table, q_chunk=q_chunk, q_ranges=1, **kw)
+    _check(*base, *_reference((c.q, c.k, c.v, c.plan, c.page_table), ids, **kw))
+    for r in (2, 3, 4, 1000):
+        got = _run(c.q, c.k, c.v, ids, c.plan, c.page_table, q_chunk=q_chunk, q_ranges=r, **kw)
+        np.testing.assert_array_equal(got[0], base[0], err_msg=f"o, q_ranges={r}")
+        np.testing.assert_array_equal(got[1], base[1], err_msg=f"lse, q_ranges={r}")
+
+
+def test_q_ranges_long_pass():
+    """One 40000-row pass (1250 bitmap words per row range at R = 1, several scan tiles per list)
+    against 5 and 16 ranges (79 words per list, 12 lists per tile)."""
+    c = prefill_case([40000], [40000], hq=2, hkv=2, d=64, seed=41)
+    ids = random_block_ids(np.random.default_rng(41), c.plan, 4)
+    a = _run(c.q, c.k, c.v, ids, c.plan, q_ranges=1)
+    for r in (5, 16):
+        b = _run(c.q, c.k, c.v, ids, c.plan, q_ranges=r)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_q_ranges_wrapper_default(monkeypatch):
+    """The public wrapper picks R > 1 here (4900 rows x 16 heads x 256 B > 8 MiB: R = 3); the
+    MSA_JAX_SPARSE_PREFILL_Q_RANGES override (read per call) gives the same bits for 1 and 2."""
+    import importlib
+    sp = importlib.import_module("msa_jax.sparse_prefill")
+    c = prefill_case([4000, 900], [5000, 900], hq=32, hkv=2, d=128, seed=51)
+    ids = random_block_ids(np.random.default_rng(51), c.plan, 8)
+    monkeypatch.delenv("MSA_JAX_SPARSE_PREFILL_Q_RANGES", raising=False)
+    monkeypatch.delenv("MSA_JAX_SPARSE_PREFILL_Q_CHUNK", raising=False)
+    T = c.plan.total_q
+    nb = sp.sparse_prefill_total_blocks(False, 2, 128, c.k.shape[0], 0)
+    assert sp.sparse_prefill_q_ranges(T, 32, 2, 128, 8, sp.sparse_prefill_q_chunk(T, 32, 128, 8), nb, 128, 2) == 3
+    gpu = gpu_device()
+
+    def run():
+        with jax.default_device(gpu):
+            o, lse = msa_jax.sparse_prefill(_put(c.q, gpu), _put(c.k, gpu), _put(c.v, gpu), _put(ids, gpu), c.plan,
+                                            return_lse=True)
+            o, lse = jax.block_until_ready((o, lse))
+        return np.asarray(o.astype(jnp.float32)), np.asarray(lse)
+
+    default = run()
+    assert not np.isnan(default[0]).any() and not np.isnan(default[1]).any()
+    _check(*default, *_reference((c.q, c.k, c.v, c.plan, None), ids))
+    for r in ("1", "2"):
+        monkeypatch.setenv("MSA_JAX_SPARSE_PREFILL_Q_RANGES", r)
+        got = run()
+        np.testing.assert_array_equal(got[0], default[0], err_msg=f"o, q_ranges={r}")
+        np.testing.assert_array_equal(got[1], default[1], err_msg=f"lse, q_ranges={r}")
+
+
+def test_q_ranges_zero_rejected():
+    c = prefill_case([64], [64], hq=4, hkv=1, d=64, seed=0)
+    ids = random_block_ids(np.random.default_rng(0), c.plan, 2)
+    with pytest.raises(Exception, match="q_ranges must be >= 1"):
+        _run(c.q, c.k, c.v, ids, c.plan, q_ranges=0)
 
 
 def _tile_loop_outputs():

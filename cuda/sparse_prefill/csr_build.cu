@@ -165,8 +165,13 @@ __global__ void __launch_bounds__(kMarkThreads) mark_kernel(const SparsePrefillP
   const int32_t c = __ldg(ids + s);
   const bool ok = c >= 0 && int64_t(c) < vis_blocks && !occurs_before(ids, int(s), c);
   if (ok) {
-    const int64_t l = g * p.total_blocks + gbase + c;  // < N: gbase + c < boff[b + 1] <= total_blocks
-    atomicOr(v.bitmap + l * v.words + (tl >> 5), 1u << (tl & 31));
+    // List (g, r, block) of the row's query range r (32 Wr rows per range; R = 1: r = 0, tr = tl).
+    // r < R: tl < tc <= 32 W <= 32 Wr R (host layout); 32 Wr < 2^31 (N Wr < 2^31).
+    const uint32_t rows_per_range = uint32_t(v.words) * 32u;
+    const uint32_t r = tl / rows_per_range, tr = tl - r * rows_per_range;
+    // < N: gbase + c < boff[b + 1] <= total_blocks, g < Hkv, r < R.
+    const int64_t l = (int64_t(g) * v.ranges + r) * p.total_blocks + gbase + c;
+    atomicOr(v.bitmap + l * v.words + (tr >> 5), 1u << (tr & 31));
   } else {
     float* lse = v.part_lse + (int64_t(tl) * p.q_heads + g * G) * K + s;
     for (int64_t h = 0; h < G; ++h) lse[h * K] = -INFINITY;
@@ -176,10 +181,11 @@ __global__ void __launch_bounds__(kMarkThreads) mark_kernel(const SparsePrefillP
 // ---------------------------------------------------------------- scan_fill
 //
 // A CTA per tile of lists_per_tile consecutive lists (host: about
-// kTileWords bitmap words, at least one list). The tile's bitmap is one
-// contiguous range of words in (list, row) order, which is also the order of
-// the entries: an entry's position is the tile's entry prefix plus the
-// popcount of the tile's words before it. Steps:
+// kTileWords bitmap words, at least one list). Lists are (g, r, block) in
+// that order, Wr words each (query rows [32 Wr r, 32 Wr (r + 1)) of the pass).
+// The tile's bitmap is one contiguous range of words in (list, row) order,
+// which is also the order of the entries: an entry's position is the tile's
+// entry prefix plus the popcount of the tile's words before it. Steps:
 //   1 entries per list (popcounts; shared-memory integer atomics);
 //   2 chunks per list, scan over the tile's lists;
 //   3 the tile's prefix (entries, chunks) from its predecessors: decoupled
@@ -311,6 +317,7 @@ __global__ void __launch_bounds__(kTileThreads, 1) scan_fill_kernel(const Sparse
   __shared__ int s_tile;
   __shared__ int s_n[kMaxListsPerTile];         // entries per list
   __shared__ int s_g[kMaxListsPerTile], s_b[kMaxListsPerTile], s_c[kMaxListsPerTile];
+  __shared__ int s_roff[kMaxListsPerTile];       // first query row (local) of the list's range: 32 Wr r
   __shared__ uint64_t s_excl[kMaxListsPerTile];  // packed exclusive prefix of the list in the tile
   __shared__ uint64_t s_prefix;                  // packed exclusive prefix of the tile
   __shared__ uint64_t s_buf64[kTileThreads / 32];
@@ -318,6 +325,7 @@ __global__ void __launch_bounds__(kTileThreads, 1) scan_fill_kernel(const Sparse
   __shared__ uint16_t s_emit[kEmitBuf];          // (word in round) << 5 | bit
 
   const int tid = threadIdx.x, warp = tid >> 5;
+  // W: words per list (Wr, one query range); N = Hkv * R * total_blocks < 2^31 (N * W < 2^31).
   const int lpt = int(v.lists_per_tile), W = int(v.words), N = int(v.n_lists);
   if (tid == 0) s_tile = atomicAdd(v.ticket, 1);
   if (tid < lpt) s_n[tid] = 0;
@@ -339,15 +347,17 @@ __global__ void __launch_bounds__(kTileThreads, 1) scan_fill_kernel(const Sparse
   __syncthreads();
 
   // 2. Chunks per list and the (g, b, c) of the work items; scan over the tile.
+  //    List l = (g * R + r) * NB + gb (NB >= 1: N >= 1 here).
   const int P = int(v.rows_per_item);
-  const int64_t NB = p.total_blocks;
+  const int64_t NB = p.total_blocks, R = v.ranges;
   uint64_t mine = 0;
   if (tid < nl) {
     const int n = s_n[tid];
     mine = pack_counts(n, (n + P - 1) / P);
-    const int64_t l = l0 + tid, gb = l % NB;
+    const int64_t l = l0 + tid, gb = l % NB, gr = l / NB;
     const int b = seq_of_block(v.boff, int(p.batch), gb);
-    s_g[tid] = int(l / NB);
+    s_g[tid] = int(gr / R);
+    s_roff[tid] = int(gr % R) * W * 32;
     s_b[tid] = b;
     s_c[tid] = int(gb - v.boff[b]);
   }
@@ -421,7 +431,7 @@ __global__ void __launch_bounds__(kTileThreads, 1) scan_fill_kernel(const Sparse
         const int code = s_emit[e];
         const int f = r0 + (code >> 5);  // word of the tile
         const int li = f / W;
-        int tl = (f - li * W) * 32 + (code & 31);
+        int tl = s_roff[li] + (f - li * W) * 32 + (code & 31);
         tl = tl < tc ? tl : tc - 1;  // bits are set for rows < tc only; clamped all the same
         const int32_t* ids = p.block_ids + ((v.t0 + tl) * Hkv + s_g[li]) * K;
         const int slot = first_slot(ids, K, s_c[li], vec4);

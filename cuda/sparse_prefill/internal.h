@@ -32,16 +32,17 @@ struct PassView {
   // Per pass.
   uint64_t* tile_state;  // [n_tiles] look-back state of scan_fill (reset by mark)
   int32_t* ticket;       // [1] scan_fill tile order (reset by mark)
-  uint32_t* bitmap;      // [N, W] (zero between passes)
+  uint32_t* bitmap;      // [N, Wr] (zero between passes); N = Hkv * R * total_blocks lists (g, r, block)
   int32_t* entries;      // [E]
   int32_t* num_work;     // [1]
   WorkItem* work;        // [WI]
   float* part_lse;       // [Tc, Hq, K]
   void* part_o;          // [Tc, Hq, K, D]
-  int64_t n_lists, words, work_items, rows_per_item;
+  int64_t n_lists, words, work_items, rows_per_item;  // words: Wr bitmap words per list
   int64_t lists_per_tile, n_tiles;  // scan_fill tiles: consecutive lists
   int64_t entry_cap;                // E of the scratch (bound of entries)
   int64_t t0, tc;  // this pass: rows [t0, t0 + tc)
+  int64_t ranges;  // R query ranges per pass: list (g, r, block) holds rows [32 Wr r, 32 Wr (r + 1))
 };
 
 int num_sms();

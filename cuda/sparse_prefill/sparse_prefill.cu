@@ -12,7 +12,8 @@ bool sparse_prefill_supported(const SparsePrefillParams& p) {
   const bool d_ok = p.head_dim == 64 || p.head_dim == 128;
   const bool bs_ok = (p.block_size == 64 || p.block_size == 128) && (!p.paged || p.page_size == p.block_size);
   const bool g_ok = p.kv_heads >= 1 && p.q_heads % p.kv_heads == 0 && p.q_heads / p.kv_heads <= kSparsePrefillRows;
-  return q_ok && kv_ok && d_ok && bs_ok && g_ok && p.topk >= 1 && p.q_chunk >= 1;
+  return q_ok && kv_ok && d_ok && bs_ok && g_ok && p.topk >= 1 && p.q_chunk >= 1 &&
+         p.q_ranges >= 1;
 }
 
 cudaError_t launch_sparse_prefill(const SparsePrefillParams& p, cudaStream_t stream) {
@@ -20,7 +21,7 @@ cudaError_t launch_sparse_prefill(const SparsePrefillParams& p, cudaStream_t str
   if (!sparse_prefill_supported(p)) return cudaErrorInvalidValue;
   if (p.tokens == 0) return cudaSuccess;
   const SparsePrefillScratch s = sparse_prefill_scratch_layout(p.tokens, p.q_heads, p.kv_heads, p.head_dim, p.topk,
-                                                               p.total_blocks, p.q_chunk, p.batch);
+                                                               p.total_blocks, p.q_chunk, p.batch, p.q_ranges);
   if (s.total < 0 || s.total > p.scratch_bytes) return cudaErrorInvalidValue;
   // The CSR kernels index entries, work items and bitmap words with 32 bits
   // and pack entry / chunk prefixes in 31 bits each (the FFI handler checks the same).
@@ -42,7 +43,8 @@ cudaError_t launch_sparse_prefill(const SparsePrefillParams& p, cudaStream_t str
   v.part_lse = reinterpret_cast<float*>(base + s.part_lse);
   v.part_o = base + s.part_o;
   v.n_lists = s.n_lists;
-  v.words = s.words;
+  v.words = s.words;  // Wr: words per list (one query range)
+  v.ranges = s.ranges;
   v.rows_per_item = s.rows_per_item;
   v.entry_cap = s.n_entries;
   csr_tiles(s.n_lists, s.words, &v.lists_per_tile, &v.n_tiles);

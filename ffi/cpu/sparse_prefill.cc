@@ -15,6 +15,7 @@ ffi::Error SparsePrefillCpuImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuff
                                 ffi::Buffer<ffi::S32> page_table, float scale, float k_scale,
                                 float v_scale, bool causal, bool paged, int64_t block_size,
                                 int64_t /*q_chunk: GPU pass schedule*/,
+                                int64_t /*q_ranges: GPU work order*/,
                                 ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::AnyBuffer> lse,
                                 ffi::Result<ffi::AnyBuffer> /*scratch: GPU passes*/) {
   constexpr const char* op = "msa_sparse_prefill";
@@ -74,6 +75,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsaSparsePrefillCpu, SparsePrefillCpuImpl,
                                   .Attr<bool>("paged")
                                   .Attr<int64_t>("block_size")
                                   .Attr<int64_t>("q_chunk")  // GPU pass schedule, unused here
+                                  .Attr<int64_t>("q_ranges")  // GPU work order, unused here
                                   .Ret<ffi::AnyBuffer>()    // o
                                   .Ret<ffi::AnyBuffer>()    // lse
                                   .Ret<ffi::AnyBuffer>());  // scratch, unused here

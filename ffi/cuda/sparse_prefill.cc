@@ -27,7 +27,7 @@ ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::Any
                                  ffi::Buffer<ffi::S32> kv_indptr, ffi::Buffer<ffi::S32> kv_lens,
                                  ffi::Buffer<ffi::S32> page_table, float scale, float k_scale, float v_scale,
                                  bool causal, bool paged, int64_t block_size, int64_t q_chunk,
-                                 ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::AnyBuffer> lse,
+                                 int64_t q_ranges, ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::AnyBuffer> lse,
                                  ffi::Result<ffi::AnyBuffer> scratch) {
   msa::AttnArgs a;
   MSA_RETURN_IF_ERROR(msa::check_attn_inputs(kOp, "q", q, "k", k, "v", &v, paged, false, &q_indptr, &kv_indptr,
@@ -42,6 +42,8 @@ ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::Any
   MSA_RETURN_IF_ERROR(msa::check_output(kOp, "o", *o, q.element_type(), {T, Hq, D}, "[T,Hq,D]"));
   MSA_RETURN_IF_ERROR(msa::check_output(kOp, "lse", *lse, ffi::DataType::F32, {T, Hq}, "[T,Hq]"));
   if (q_chunk < 1) return msa::invalid(std::string(kOp) + ": q_chunk must be >= 1, got " + std::to_string(q_chunk));
+  if (q_ranges < 1)
+    return msa::invalid(std::string(kOp) + ": q_ranges must be >= 1, got " + std::to_string(q_ranges));
   if (K < 1) return msa::invalid(std::string(kOp) + ": block_ids needs at least one slot");
 
   // What the CUDA kernels implement.
@@ -62,19 +64,19 @@ ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::Any
     return msa::invalid(std::string(kOp) + ": unsupported dtype");
   p.total_blocks = msa::cuda::sparse_prefill_total_blocks(paged, B, block_size, a.kv.dense_rows, a.kv.max_pages);
   const msa::cuda::SparsePrefillScratch s =
-      msa::cuda::sparse_prefill_scratch_layout(T, Hq, Hkv, D, K, p.total_blocks, q_chunk, B);
+      msa::cuda::sparse_prefill_scratch_layout(T, Hq, Hkv, D, K, p.total_blocks, q_chunk, B, q_ranges);
   // 32-bit device indices: entries (tl * K + slot), work items, lists, block ids.
   const int64_t lim = int64_t(1) << 31;
   if (s.total < 0 || s.n_entries >= lim || s.work_items >= lim || s.n_lists * s.words >= lim ||
       p.total_blocks >= lim || T >= lim || a.kv.dense_rows >= lim || (paged && a.kv.num_pages >= lim))
-    return msa::invalid(std::string(kOp) + ": problem too large for the CUDA kernel (lower q_chunk?)");
+    return msa::invalid(std::string(kOp) + ": problem too large for the CUDA kernel (lower q_chunk or q_ranges?)");
   if (static_cast<int64_t>(scratch->size_bytes()) < s.total)
     return msa::invalid(std::string(kOp) + ": scratch output too small: " + std::to_string(scratch->size_bytes()) +
                         " bytes, need " + std::to_string(s.total) + " (sparse_prefill_scratch_bytes(T=" +
                         std::to_string(T) + ", Hq=" + std::to_string(Hq) + ", Hkv=" + std::to_string(Hkv) +
                         ", D=" + std::to_string(D) + ", K=" + std::to_string(K) + ", total_blocks=" +
                         std::to_string(p.total_blocks) + ", q_chunk=" + std::to_string(q_chunk) + ", B=" +
-                        std::to_string(B) + "))");
+                        std::to_string(B) + ", q_ranges=" + std::to_string(q_ranges) + "))");
   if ((reinterpret_cast<uintptr_t>(scratch->untyped_data()) & 15u) != 0)
     return msa::invalid(std::string(kOp) + ": scratch must be 16-byte aligned");
 
@@ -102,6 +104,7 @@ ffi::Error SparsePrefillCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::Any
   p.max_pages = a.kv.max_pages;
   p.block_size = block_size;
   p.q_chunk = q_chunk;
+  p.q_ranges = q_ranges;
   p.scale = scale;
   p.k_scale = k_scale;
   p.v_scale = v_scale;
@@ -134,6 +137,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsaSparsePrefillCuda, SparsePrefillCudaImpl,
                                   .Attr<bool>("paged")
                                   .Attr<int64_t>("block_size")
                                   .Attr<int64_t>("q_chunk")
+                                  .Attr<int64_t>("q_ranges")
                                   .Ret<ffi::AnyBuffer>()   // o [T,Hq,D]
                                   .Ret<ffi::AnyBuffer>()   // lse [T,Hq] f32
                                   .Ret<ffi::AnyBuffer>(),  // scratch (u8)
