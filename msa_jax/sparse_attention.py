@@ -48,17 +48,21 @@ def sparse_attention(q, k, v, q_idx, k_idx, plan: PrefillPlan, *, topk: int = 16
 
     Returns ``o [T, Hq, D]`` (and the block ids).
     """
+    sel = {"topk": topk, "local_blocks": local_blocks, "sink_blocks": sink_blocks, "index_scale": index_scale,
+           "index_k_scale": index_k_scale}
     if index_chunk is None:
-        scores = block_scores(q_idx, k_idx, plan, page_table=page_table, scale=index_scale,
-                              k_scale=index_k_scale)
-        ids = topk_select(scores, topk, plan, local_blocks=local_blocks, sink_blocks=sink_blocks)
+        ids = _select(q_idx, k_idx, plan, page_table, **sel)
     else:
-        ids = _chunked_selection(q_idx, k_idx, plan, index_chunk, topk=topk, local_blocks=local_blocks,
-                                 sink_blocks=sink_blocks, page_table=page_table, index_scale=index_scale,
-                                 index_k_scale=index_k_scale)
+        ids = _chunked_selection(q_idx, k_idx, plan, index_chunk, page_table=page_table, **sel)
     o = sparse_prefill(q, k, v, ids, plan, page_table=page_table, scale=scale, k_scale=k_scale,
                        v_scale=v_scale)
     return (o, ids) if return_block_ids else o
+
+
+def _select(q_idx, k_idx, plan, page_table, *, topk, local_blocks, sink_blocks, index_scale, index_k_scale):
+    """The index branch on one plan: block scores, then the top-k selection."""
+    scores = block_scores(q_idx, k_idx, plan, page_table=page_table, scale=index_scale, k_scale=index_k_scale)
+    return topk_select(scores, topk, plan, local_blocks=local_blocks, sink_blocks=sink_blocks)
 
 
 # ---- chunked index branch ---------------------------------------------------------------
@@ -129,8 +133,7 @@ def _chunks(plan: PrefillPlan, index_chunk: int) -> list[_Chunk]:
     return out
 
 
-def _chunked_selection(q_idx, k_idx, plan, index_chunk, *, topk, local_blocks, sink_blocks, page_table,
-                       index_scale, index_k_scale):
+def _chunked_selection(q_idx, k_idx, plan, index_chunk, *, page_table, **sel):
     op = "sparse_attention"
     if isinstance(index_chunk, bool) or not isinstance(index_chunk, (int, np.integer)) or index_chunk < 1:
         raise ValueError(f"{op}: index_chunk must be a positive int (query tokens per index-branch chunk) "
@@ -140,13 +143,9 @@ def _chunked_selection(q_idx, k_idx, plan, index_chunk, *, topk, local_blocks, s
     # Checked on the whole plan before slicing (each chunk's block_scores sees only its sub-plan).
     check_block_scores_inputs(op, q_idx, k_idx, plan, page_table)
 
-    def select(qi, ki, sub, pt):
-        scores = block_scores(qi, ki, sub, page_table=pt, scale=index_scale, k_scale=index_k_scale)
-        return topk_select(scores, topk, sub, local_blocks=local_blocks, sink_blocks=sink_blocks)
-
     T = plan.total_q
     if index_chunk >= T or _decode_shaped_scores(T, plan.num_kv_heads, plan.batch_size):
-        return select(q_idx, k_idx, plan, page_table)
+        return _select(q_idx, k_idx, plan, page_table, **sel)
 
     ids = []
     for ch in _chunks(plan, index_chunk):
@@ -173,6 +172,6 @@ def _chunked_selection(q_idx, k_idx, plan, index_chunk, *, topk, local_blocks, s
                 parts.append(jnp.zeros((ch.pad,) + ki.shape[1:], ki.dtype))
             ki = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
             pt = None
-        out = select(qi, ki, ch.plan, pt)
+        out = _select(qi, ki, ch.plan, pt, **sel)
         ids.append(out[:ch.stop - ch.start] if ch.pad else out)
     return ids[0] if len(ids) == 1 else jnp.concatenate(ids)

@@ -253,27 +253,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
           const int col = ks * 16 + (r >> 1) * 8 + 2 * t;
           qf[ks][r] = row < nh ? *reinterpret_cast<const uint32_t*>(q + row * kD + col) : 0u;
         }
-    } else if constexpr (kCvtK) {
-      // fp8 via cvt: head_dim permuted to match the K fragments built from 16 contiguous
-      // fp8 bytes (see the Q K^T loop): k-step ks = 4j + s takes, for lane quad t, the
-      // columns d0 = 64j + 16t + 4s .. d0 + 3 as a0 = {d0, d0 + 1}, a2 = {d0 + 2, d0 + 3}.
-#pragma unroll
-      for (int j = 0; j < kD / 64; ++j)
-#pragma unroll
-        for (int s4 = 0; s4 < 4; ++s4)
-#pragma unroll
-          for (int rr = 0; rr < 2; ++rr) {
-            const int row = g + rr * 8;
-            const int d0 = 64 * j + 16 * t + 4 * s4;
-            const uint2 w = row < nh ? *reinterpret_cast<const uint2*>(q + row * kD + d0) : make_uint2(0u, 0u);
-            qf[4 * j + s4][rr] = w.x;
-            qf[4 * j + s4][2 + rr] = w.y;
-          }
-      if constexpr (std::is_same_v<Elem, __nv_bfloat16>) to_f16_rows(qf, sl2);
     } else {
-      // fp8, integer conversion: head_dim permuted to match the K fragments built from
-      // 16 contiguous fp8 bytes (see the QK^T loop): k-step ks = 4j + s takes, for lane quad t, the
-      // columns d0 = 64j + 16t + 4s .. d0 + 3 as a0 = {d0, d0 + 2}, a2 = {d0 + 1, d0 + 3}.
+      // fp8: head_dim permuted to match the K fragments built from 16 contiguous fp8
+      // bytes (see the Q K^T loop): k-step ks = 4j + s takes, for lane quad t, the columns
+      // d0 = 64j + 16t + 4s .. d0 + 3 as a0 = {d0, d0 + 1}, a2 = {d0 + 2, d0 + 3} (cvt path,
+      // kCvtK) or a0 = {d0, d0 + 2}, a2 = {d0 + 1, d0 + 3} (integer conversion).
 #pragma unroll
       for (int j = 0; j < kD / 64; ++j)
 #pragma unroll
@@ -283,9 +267,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
             const int row = g + rr * 8;
             const int d0 = 64 * j + 16 * t + 4 * s4;
             const uint2 w = row < nh ? *reinterpret_cast<const uint2*>(q + row * kD + d0) : make_uint2(0u, 0u);
-            qf[4 * j + s4][rr] = __byte_perm(w.x, w.y, 0x5410);
-            qf[4 * j + s4][2 + rr] = __byte_perm(w.x, w.y, 0x7632);
+            qf[4 * j + s4][rr] = kCvtK ? w.x : __byte_perm(w.x, w.y, 0x5410);
+            qf[4 * j + s4][2 + rr] = kCvtK ? w.y : __byte_perm(w.x, w.y, 0x7632);
           }
+      if constexpr (kCvtK && std::is_same_v<Elem, __nv_bfloat16>) to_f16_rows(qf, sl2);
     }
   }
 
