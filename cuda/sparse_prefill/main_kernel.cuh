@@ -74,7 +74,11 @@ namespace msa::cuda::sparse_prefill {
 
 using namespace cute;
 
-template <class Elem_, bool kFp8_, int kHeadDim_>
+// kKeysPerTile_: 0 = the choice below (the 256-thread kernels' register
+// budget); 128 = the whole block as one key tile (the warp-specialized
+// kernel's consumers have 224 registers: one m64n128 S GEMM, one softmax
+// pass without rescaling, one P V per item).
+template <class Elem_, bool kFp8_, int kHeadDim_, int kKeysPerTile_ = 0>
 struct Traits {
   using Elem = Elem_;
   static constexpr bool kFp8 = kFp8_;
@@ -83,7 +87,8 @@ struct Traits {
   static constexpr int kM = kSparsePrefillRows;  // 128
   // Keys per tile: 32 at D = 128 keeps S / P and the K fragments of a tile
   // small enough for the 128-register budget next to the 64 O accumulators.
-  static constexpr int kN = kD >= 128 ? 32 : 64;
+  static constexpr int kN = kKeysPerTile_ ? kKeysPerTile_ : (kD >= 128 ? 32 : 64);
+  static_assert(kN == 32 || kN == 64 || kN == 128, "keys per tile");
   static constexpr int kMaxTiles = 128 / kN;  // block_size <= 128
   static constexpr int kWarps = 8;               // one 16-row MMA atom per warp
   static constexpr int kThreads = kWarps * 32;
@@ -471,10 +476,14 @@ namespace gmma = cute::SM90::GMMA;
 template <class Elem, int kN>
 using WgS = std::conditional_t<
     std::is_same_v<Elem, cute::bfloat16_t>,
-    std::conditional_t<kN == 32, gmma::MMA_64x32x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>,
-                       gmma::MMA_64x64x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>>,
-    std::conditional_t<kN == 32, gmma::MMA_64x32x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>,
-                       gmma::MMA_64x64x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>>>;
+    std::conditional_t<
+        kN == 32, gmma::MMA_64x32x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>,
+        std::conditional_t<kN == 64, gmma::MMA_64x64x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>,
+                           gmma::MMA_64x128x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>>>,
+    std::conditional_t<
+        kN == 32, gmma::MMA_64x32x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>,
+        std::conditional_t<kN == 64, gmma::MMA_64x64x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>,
+                           gmma::MMA_64x128x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>>>>;
 // O += P V: m64 n{kD} k16, A (P) from registers, B (V) MN-major in shared memory.
 template <class Elem, int kD>
 using WgPV = std::conditional_t<

@@ -28,11 +28,13 @@ cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStrea
   return cudaGetLastError();
 }
 
-template <class Elem>
+// kKeysPerTile: 128 = one key tile per item (the default kernel); 0 = the
+// 256-thread kernels' key tiles (bit-identical to the wg kernel).
+template <class Elem, int kKeysPerTile>
 cudaError_t launch_ws_d(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 64: return launch_ws<Traits<Elem, false, 64>>(p, v, stream);
-    case 128: return launch_ws<Traits<Elem, false, 128>>(p, v, stream);
+    case 64: return launch_ws<Traits<Elem, false, 64, kKeysPerTile>>(p, v, stream);
+    case 128: return launch_ws<Traits<Elem, false, 128, kKeysPerTile>>(p, v, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -61,10 +63,12 @@ bool ws_runnable() {
 
 }  // namespace
 
-cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
+cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, bool one_tile) {
   if (p.kv_type == ElemType::kFP8E4M3 || !ws_runnable()) return launch_main_wg(p, v, stream);
-  if (p.q_type == ElemType::kBF16) return launch_ws_d<cute::bfloat16_t>(p, v, stream);
-  return launch_ws_d<cute::half_t>(p, v, stream);
+  if (p.q_type == ElemType::kBF16) {
+    return one_tile ? launch_ws_d<cute::bfloat16_t, 128>(p, v, stream) : launch_ws_d<cute::bfloat16_t, 0>(p, v, stream);
+  }
+  return one_tile ? launch_ws_d<cute::half_t, 128>(p, v, stream) : launch_ws_d<cute::half_t, 0>(p, v, stream);
 }
 
 }  // namespace msa::cuda::sparse_prefill

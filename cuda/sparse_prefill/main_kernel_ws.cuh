@@ -143,7 +143,10 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
   int64_t w = blockIdx.x;
   if (w >= num_work) return;
   constexpr int kKvBytes = int(sizeof(Elem));
-  const bool full128 = p.block_size > 64;
+  // One 128-key tile (kN = 128): the S GEMM reads all 128 K rows and P V all
+  // 128 V rows even for 64-key blocks, so rows past nvalid are always
+  // zero-filled (stale shared memory could hold NaN bit patterns: 0 * NaN).
+  const bool full128 = Tr::kN == 128 || p.block_size > 64;
 
   // Prologue: the first item's descriptor and metadata.
   WorkItem it = v.work[w];
