@@ -39,6 +39,8 @@ struct KvLoader {
   int rows_left0;           // L - r0: rows of tile 0 this thread may load
   bool paged;
   int pend_page;            // paged: page id of the next tile to issue (read one issue ahead)
+  int next_sub;             // paged: tile index within its page of the next tile to issue
+  int next_page_idx;        // paged: page-table index of the page after the next tile's
   uint32_t valid_bits;      // bit (n & 31): tile n resolvable
 
   // The launcher guarantees num_pages, L, Hkv * page_size * D bytes and
@@ -54,6 +56,8 @@ struct KvLoader {
     page_row = page_row_;
     valid_bits = 0;
     pend_page = 0;
+    next_sub = 0;
+    next_page_idx = 1;
     rows_left0 = len - r0;
     const int64_t row_bytes = paged ? kRow : kv_heads * kRow;
     row_step_bytes = int(kRowStep * row_bytes);
@@ -81,13 +85,18 @@ struct KvLoader {
     bool tile_ok = true;
     int64_t off;
     if (paged) {
+      // Tiles are issued in order, so the tile's place in the page is a
+      // running count (no division by the runtime tiles_per_page per tile).
       const int page = pend_page;
-      const int sub = n % tiles_per_page;
+      const int sub = next_sub;
       tile_ok = page >= 0 && page < num_pages;
       off = (tile_ok ? int64_t(page) : 0) * page_bytes + thr_off + int64_t(sub) * tile_bytes;
       // Page id of tile n + 1 (the next issue), read now to hide its latency.
-      const int next_page_idx = (n + 1) / tiles_per_page;
-      if (sub + 1 == tiles_per_page && next_page_idx < n_pages) pend_page = __ldg(page_row + next_page_idx);
+      if (++next_sub == tiles_per_page) {
+        next_sub = 0;
+        if (next_page_idx < n_pages) pend_page = __ldg(page_row + next_page_idx);
+        ++next_page_idx;
+      }
     } else {
       off = thr_off + int64_t(n) * tile_bytes;
     }
