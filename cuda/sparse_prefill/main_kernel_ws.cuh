@@ -9,9 +9,11 @@
 //     row setup (row_setup of main_kernel.cuh, into RowSetup i % 3, before the
 //     stage is free), then cp.async (16-byte, L2 only, zero-fill for rows past nvalid and for
 //     padding rows) of the gathered Q rows, K and V into the stage's smem.
-//     Each producer thread waits for its own copies (cp.async.wait_group),
-//     fences them to the async proxy and arrives on an mbarrier: full_kq[s]
-//     (K + Q + the RowSetup), then full_v[s] (V). The next item's descriptor
+//     The producer never waits for these copies: each thread's
+//     cp.async.mbarrier.arrive.noinc makes full_kq[s] (Q + K) and full_v[s]
+//     (V) complete when its copies land (plus one plain arrive on full_kq[s]
+//     for the RowSetup stores), so it sets up and issues item i + 1 while
+//     item i's copies are in flight. The next item's descriptor
 //     (a global load) and metadata (fetch_meta's 4-byte cp.asyncs, into a
 //     producer-only double buffer) are fetched one item ahead, so that the
 //     producer's chain work -> meta -> row setup -> Q gather is off the
@@ -25,27 +27,31 @@
 //   * 2 stages of Q + K + V (Traits::kSmemBytes each: 96 KB at D = 128, 48 KB
 //     at D = 64), 3 RowSetups, 2 ItemMetas, 6 mbarriers: ~201 KB at D = 128.
 //
-//   Key tiles (kN), k-steps, the softmax and the epilogue are those of
-//   main_kernel<Tr, true>, operation for operation: outputs are meant to be
-//   bit-identical to the wg kernel (and to the mma.sync one as far as the wg
-//   kernel is).
+//   Key tiles: Traits<..., 128> (kernel "ws", the default) runs each item as
+//   one 128-key tile: one m64n128 S GEMM, one softmax pass, one P V per
+//   warpgroup. Traits<...> (kernel "ws_tiled") runs main_kernel<Tr, true>'s
+//   key tiles, k-steps, softmax and epilogue operation for operation: its
+//   outputs are meant to be bit-identical to the wg kernel (and to the
+//   mma.sync one as far as the wg kernel is).
 //
 //   Proxies: cp.async writes are generic-proxy writes; wgmma reads through the
-//   async proxy. As in main_kernel (publish_smem) and FA3's writer-side
-//   pattern, the thread that issued the copies waits for them, executes
-//   fence.proxy.async.shared::cta, and only then releases them (here: the
-//   mbarrier arrive the consumers acquire). The epilogue's st.shared into the
-//   Q rows comes after the wgmmas reading them completed, as in main_kernel.
+//   async proxy. The copying thread does not wait for its copies, so the
+//   reader fences: each consumer thread executes fence.proxy.async.shared::cta
+//   after its full_kq / full_v wait (acquire) and before its wgmmas. The
+//   epilogue's st.shared into the Q rows comes after the wgmmas reading them
+//   completed, as in main_kernel.
 //
 //   Synchronisation (s = i % 2, parity (i / 2) % 2):
-//     producer:  row setup (st.shared into rows[i % 3]) -> bar.sync 1, 128 ->
-//                wait empty[s] (parity ^ 1: the first two pass) -> Q copies ->
-//                K copies -> [group] -> next item's metadata copies ->
-//                [group] -> V copies -> [group] -> wait_group 2, proxy
-//                fence, arrive full_kq[s] -> wait_group 0, proxy fence,
-//                arrive full_v[s] (128 arrivals each).
-//     consumer:  wait full_kq[s] -> ... -> wait full_v[s] -> ... -> epilogue
-//                -> __syncwarp -> lane 0 arrive empty[s] (8 arrivals).
+//     producer:  wait_group 2 (this item's metadata) -> row setup (st.shared
+//                into rows[i % 3]) -> bar.sync 1, 128 -> wait empty[s]
+//                (parity ^ 1: the first two pass) -> arrive full_kq[s] ->
+//                next item's metadata copies -> [group] -> Q copies -> K
+//                copies -> [group] -> arrive.noinc full_kq[s] -> V copies ->
+//                [group] -> arrive.noinc full_v[s] (full_kq: 256 arrivals,
+//                full_v: 128).
+//     consumer:  wait full_kq[s], proxy fence -> ... -> wait full_v[s], proxy
+//                fence -> ... -> epilogue -> __syncwarp -> lane 0 arrive
+//                empty[s] (8 arrivals).
 //   Producer-only data (ItemMeta[2], the descriptor in registers) never
 //   needs a consumer barrier.
 #pragma once
@@ -90,7 +96,10 @@ struct WsTraits {
   static_assert(kSmemBytes <= 227 * 1024, "the opt-in shared-memory limit of sm_90");
   // Arrivals: full_kq, full_v: every producer thread (after its copies
   // landed and its proxy fence); empty: one per consumer warp.
-  static constexpr int kFullKQArrivals = kProducerThreads;
+  // full_kq: each producer thread arrives twice, once plainly after its row
+  // setup (releasing the RowSetup stores) and once through
+  // cp.async.mbarrier.arrive.noinc when its Q and K copies land.
+  static constexpr int kFullKQArrivals = 2 * kProducerThreads;
   static constexpr int kFullVArrivals = kProducerThreads;
   static constexpr int kEmptyArrivals = kConsumerThreads / 32;
 };
@@ -161,8 +170,10 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
     // The next item's descriptor: in flight while this item waits and copies.
     WorkItem nx{};
     if (has_next) nx = v.work[w + stride];
-    // This item's metadata landed (the previous iteration's wait_group 0 /
-    // the prologue's; each lane waited for its own copies, __syncwarp shares them).
+    // This item's metadata landed: every group but the newest two (item
+    // i - 1's Q + K and V; the prologue waited for everything). Each lane
+    // waits for its own copies, __syncwarp shares them.
+    cute::cp_async_wait<2>();
     __syncwarp();
     // The row setup, before the stage is free (rows[i % 3]: see kRowBufs).
     const ItemMeta& m = sm.meta(s);
@@ -170,8 +181,20 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
     row_setup<Tr>(a, it, m, rows, pt);
     row_setup<Tr>(a, it, m, rows, pt + 128);
     producer_sync();  // every row's qoff written (read across warps by the gather)
-    // The consumers are done with stage s (item i - 2: its Q rows, K and V).
+    // The consumers are done with stage s (item i - 2: its Q rows, K and V),
+    // so full_kq[s] / full_v[s] are in item i's phase.
     Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
+    Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
+    // The next item's metadata (into the other ItemMeta: its last readers, the
+    // row setup and item_kv of item i - 1, ran in this warp in the previous
+    // iteration; fetch_meta, row_setup and item_kv touch only the warp's own
+    // parts), in a group of its own: the next iteration waits for this group
+    // alone, never for the Q / K / V copies.
+    if (has_next) {
+      fetch_meta(a, nx, sm.meta(s ^ 1), pt);
+      fetch_meta(a, nx, sm.meta(s ^ 1), pt + 128);
+    }
+    cute::cp_async_fence();  // group: metadata
     // Q first (the gathers are the copies most likely to miss L2), then K.
     gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
     gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
@@ -182,32 +205,17 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt + 128));
     }
     cute::cp_async_fence();  // group: Q, K
-    // The next item's metadata (into the other ItemMeta: its last readers, the
-    // row setup and item_kv of item i - 1, are in this warp, before this
-    // iteration's __syncwarp: fetch_meta, row_setup and item_kv touch only the
-    // warp's own parts).
-    if (has_next) {
-      fetch_meta(a, nx, sm.meta(s ^ 1), pt);
-      fetch_meta(a, nx, sm.meta(s ^ 1), pt + 128);
-    }
-    cute::cp_async_fence();  // group: metadata
+    // Arrives on full_kq[s] once this thread's copies so far (Q, K and the
+    // metadata) have landed; the producer goes on without waiting.
+    cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullKQ + s));
     {
-      // (item_kv again: not held in registers across the metadata copies.)
       const ItemKV kv = item_kv<Tr>(p, it, m.hdr[pt >> 5]);
       const uint8_t* vsrc = static_cast<const uint8_t*>(p.v) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt));
       load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt + 128));
     }
     cute::cp_async_fence();  // group: V
-    // K and Q landed: this thread's copies (and RowSetup stores) -> the async
-    // proxy (wgmma) and, through the arrive's release, the consumers.
-    cute::cp_async_wait<2>();
-    fence_proxy_async_smem();
-    Bar::arrive(sm.bar(W::kFullKQ + s));
-    // V (and the next item's metadata) landed.
-    cute::cp_async_wait<0>();
-    fence_proxy_async_smem();
-    Bar::arrive(sm.bar(W::kFullV + s));
+    cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullV + s));
     it = nx;
   }
   cute::cp_async_wait<0>();
@@ -330,6 +338,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
 
     // K, Q and the RowSetup of the item.
     Bar::wait(sm.bar(W::kFullKQ + s), parity);
+    fence_proxy_async_smem();  // the producer's cp.async writes -> the async proxy (wgmma)
     // Tile counts of the warpgroup (main_kernel's wgmma path: REDUX over its
     // four warps' reductions).
     const int w0 = int(cg) * 4;
@@ -346,6 +355,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
       clear(rP);  // padding / no-key rows: P = 0, O = +0 (as main_kernel)
     }
     Bar::wait(sm.bar(W::kFullV + s), parity);
+    fence_proxy_async_smem();
     pv(0, false);
     int n = 1;
     for (; n < tiles && n < full_tiles; ++n) {
