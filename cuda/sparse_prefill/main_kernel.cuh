@@ -40,7 +40,8 @@
 //   from ~640 KB (each warp re-reads all of K and V for its 16 rows) to
 //   ~256 KB, and the MMA instructions from 2048 per item to 80 per
 //   warpgroup. The accumulators have the mma.sync layout, so the softmax and
-//   the epilogue are the same code. Tile counts are per warpgroup.
+//   the epilogue are the same code (softmax.cuh, epilogue.cuh; also those of
+//   the warp-specialized kernel). Tile counts are per warpgroup.
 //
 //   Integer work is kept small: every shared-memory address is one
 //   per-thread base plus compile-time offsets (XOR for the swizzle phase,
@@ -60,7 +61,9 @@
 #include "cuda/common/cute_sm80.cuh"
 
 #include "cuda/block_scores/fp8_convert.cuh"
+#include "cuda/sparse_prefill/epilogue.cuh"
 #include "cuda/sparse_prefill/internal.h"
+#include "cuda/sparse_prefill/softmax.cuh"
 
 // wgmma is compiled for sm_90a device code only; every other target (and the
 // compute_80 PTX) builds the mma.sync path for both kernel instances.
@@ -125,27 +128,6 @@ struct Traits {
   static_assert(kM % kRowStep == 0, "the Q gather covers the rows exactly");
   static_assert((kWarpRows * kCpr) % 32 == 0, "the per-warp O store covers the warp's rows exactly");
 };
-
-template <class Elem>
-__device__ __forceinline__ uint32_t pack2(float x, float y) {
-  if constexpr (std::is_same_v<Elem, cute::bfloat16_t>) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&h);
-  } else {
-    __half2 h = __floats2half2_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-}
-
-// An int NVVM cannot see through (0): addresses built from it are recomputed
-// where they are used instead of being hoisted out of the work loop by the
-// front end and kept live. (ptxas does see through the mov; inside the tile
-// loop `n & MainArgs::zero` plays this role.)
-__device__ __forceinline__ int opaque_zero() {
-  int z;
-  asm volatile("mov.b32 %0, 0;" : "=r"(z));
-  return z;
-}
 
 // Element offset of (r, c) in the swizzled smem layouts of Traits (8 x 64
 // atoms, Swizzle<3, 3, 3>, atoms tiled column-major) for a tensor of kRows
@@ -228,40 +210,6 @@ __host__ __device__ constexpr uint32_t kv_row_delta(uint32_t R) {
   return (R / Tr::kN) * (Tr::kN * Tr::kD) + (R % Tr::kN) * 64;
 }
 
-// Epilogue, part 1: acc_o values (2 h, 2 h + 1) of n-atom j of thread tid sit
-// at (row, col) = (16 w + l / 4 + 8 h, 8 j + 2 (l % 4)) of the Q tile. row % 8
-// is l / 4 for all of them, so the swizzled element offset is one base with
-// the chunk j % 8 XORed in, plus h * 8 rows and the 64-column panel j / 8.
-template <class Tr>
-__host__ __device__ constexpr uint32_t o_frag_base(uint32_t tid) {
-  const uint32_t w = tid / 32, l = tid % 32;
-  return (16 * w + l / 4) * 64 + (l / 4) * 8 + (l % 4) * 2;
-}
-template <class Tr>
-__host__ __device__ constexpr uint32_t o_frag_off(uint32_t base, int h, int j) {
-  return (base ^ uint32_t(8 * (j % 8))) + uint32_t(h * 512 + (j / 8) * (Tr::kM * 64));
-}
-
-// Epilogue, part 2: lane l of warp w stores 16-byte chunk cc = l % kCpr of
-// the warp's rows 16 w + a + kRs i (a = l / kCpr < kRs). row % 8 is
-// a + kRs (i % (8 / kRs)), two parts in disjoint bits, so the swizzle is one
-// base XOR a compile-time value.
-template <class Tr>
-struct ORowMap {
-  static constexpr int kCpr = Tr::kCpr, kRs = 32 / kCpr;
-  static constexpr int kChunks = Tr::kWarpRows * kCpr / 32;  // per lane
-  static_assert(32 % kCpr == 0 && kRs <= 8, "lanes cover whole rows");
-  static __host__ __device__ constexpr uint32_t row(uint32_t tid) { return (tid / 32) * 16 + (tid % 32) / kCpr; }
-  static __host__ __device__ constexpr uint32_t chunk(uint32_t tid) { return (tid % 32) % kCpr; }
-  static __host__ __device__ constexpr uint32_t base(uint32_t tid) {
-    const uint32_t a = (tid % 32) / kCpr, cc = chunk(tid);
-    return (cc / 8) * (Tr::kM * 64) + row(tid) * 64 + (((cc % 8) ^ a) << 3);
-  }
-  static __host__ __device__ constexpr uint32_t off(uint32_t base, int i) {
-    return (base ^ uint32_t(8 * kRs * (i % (8 / kRs)))) + uint32_t(kRs * i * 64);
-  }
-};
-
 struct MainArgs {
   SparsePrefillParams p;
   PassView v;
@@ -311,19 +259,6 @@ __device__ __forceinline__ void cp_async_16_or_zero(void* smem_dst, const void* 
       "  cp.async.cg.shared.global.L2::128B [%0], [a], 16, n;\n"
       "}\n" ::"r"(dst),
       "l"(src_ok), "l"(src_fallback), "r"(flag));
-}
-
-// 16-byte global store when flag >= 0 (a predicated store: no branch and
-// reconvergence per row in the epilogue).
-__device__ __forceinline__ void st_global_16_if(void* gmem_dst, const uint4& val, int flag) {
-  asm volatile(
-      "{\n"
-      "  .reg .pred p;\n"
-      "  setp.ge.s32 p, %5, 0;\n"
-      "  @p st.global.v4.b32 [%0], {%1, %2, %3, %4};\n"
-      "}\n" ::"l"(gmem_dst),
-      "r"(val.x), "r"(val.y), "r"(val.z), "r"(val.w), "r"(flag)
-      : "memory");
 }
 
 // 4-byte cp.async (through L1: the small metadata of the next item).
@@ -814,64 +749,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
     };
 
     // Scale, mask (`masked`: only tiles past full_tiles), online softmax (log2
-    // domain), P -> rP. kFirst: tile 0, where O is not live yet (it is zero,
-    // and corr is 0: the rescale is skipped, not computed).
+    // domain), P -> rP (softmax.cuh; kFirst: tile 0, no O rescale).
     auto softmax = [&](int n, auto first, bool masked) {
-      constexpr bool kFirst = decltype(first)::value;
-#pragma unroll
-      for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= a.scale_log2;
-      if (masked) {
-        // Column 8 j + 2 (lane % 4) + vv of the tile is visible iff it is
-        // below vis - n kN; compared as 8 j + vv < that - 2 (lane % 4). The
-        // row's vis is read again here (at an index ptxas cannot hoist out of
-        // the loop), so it holds no register across the loop.
-        const int t = threadIdx.x + (n & a.zero), r0 = (t >> 5) * 16 + ((t & 31) >> 2);
-        const int lim0 = rows.vis[r0] - n * kN - 2 * (t & 3), lim1 = rows.vis[r0 + 8] - n * kN - 2 * (t & 3);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int lim = h == 0 ? lim0 : lim1;
-#pragma unroll
-          for (int j = 0; j < kMmaN; ++j) {
-#pragma unroll
-            for (int vv = 0; vv < 2; ++vv) {
-              float& x = acc_s(2 * h + vv, 0, j);
-              x = 8 * j + vv < lim ? x : -INFINITY;
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = row_max[h];
-#pragma unroll
-        for (int j = 0; j < kMmaN; ++j) {
-#pragma unroll
-          for (int vv = 0; vv < 2; ++vv) mx = fmaxf(mx, acc_s(2 * h + vv, 0, j));
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_use = mx == -INFINITY ? 0.0f : mx;
-        const float corr = exp2f(row_max[h] - m_use);  // row_max = -inf -> 0
-        row_max[h] = mx;
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kMmaN; ++j) {
-#pragma unroll
-          for (int vv = 0; vv < 2; ++vv) {
-            const float pe = exp2f(acc_s(2 * h + vv, 0, j) - m_use);
-            rP(2 * h + vv, 0, j) = Elem(pe);
-            sum += pe;
-          }
-        }
-        row_sum[h] = row_sum[h] * corr + sum;
-        if constexpr (!kFirst) {
-#pragma unroll
-          for (int j = 0; j < size<2>(acc_o); ++j) {
-#pragma unroll
-            for (int vv = 0; vv < 2; ++vv) acc_o(2 * h + vv, 0, j) *= corr;
-          }
-        }
-      }
+      online_softmax_step<kN>(acc_s, rP, acc_o, row_max, row_sum, first, masked, a.scale_log2, rows.vis,
+                              int(threadIdx.x), n, a.zero);
     };
     // O += P V_n (accumulate = false: O = P V_n; mma.sync: C = 0, folded to RZ).
     auto pv = [&](int n, bool accumulate) {
@@ -988,55 +869,16 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
     }
 #endif
 
-    // ---- Epilogue (per warp, no CTA barrier): row sums over the quad, O / l
-    // -> the warp's own 16 rows of the Q tile (only this warp read them: the
+    // ---- Epilogue (epilogue.cuh; per warp, no CTA barrier): O / l -> the
+    // warp's own 16 rows of the Q tile (only this warp read them: the
     // ldmatrix rows of the warp, or the A rows of the warp's part of each
     // wgmma, all completed) -> 16-byte stores into the partial O; lse ->
     // partial LSE.
+    // (row_lse is the caller's: an array local to the inlined epilogue
+    // reordered NVVM's phis and so the SASS.)
     float row_lse[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float sum = row_sum[h];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const bool any = row_max[h] != -INFINITY && sum > 0.0f;
-      row_sum[h] = any ? a.out_scale / sum : 0.0f;
-      row_lse[h] = any ? (row_max[h] + __log2f(sum)) * 0.69314718055994530942f : -INFINITY;
-    }
-    __syncwarp();  // every lane of the warp is done reading its Q rows
-    {
-      const uint32_t base = o_frag_base<Tr>(threadIdx.x + opaque_zero());
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int j = 0; j < size<2>(acc_o); ++j) {
-          *reinterpret_cast<uint32_t*>(q_smem + o_frag_off<Tr>(base, h, j)) =
-              pack2<Elem>(acc_o(2 * h, 0, j) * row_sum[h], acc_o(2 * h + 1, 0, j) * row_sum[h]);
-        }
-      }
-    }
-    // (The thread's rows 16 w + lane / 4 and + 8, recomputed here: not held in
-    // registers across the tile loop.)
-    const int et = int(threadIdx.x) + (int(w) & a.zero), my_row0 = (et >> 5) * 16 + ((et & 31) >> 2);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if ((et & 3) == 0) {
-        const int64_t out = rows.out[my_row0 + 8 * h];
-        if (out >= 0) v.part_lse[out / kD] = row_lse[h];
-      }
-    }
-    __syncwarp();
-    {
-      using Map = ORowMap<Tr>;
-      const uint32_t t = threadIdx.x + opaque_zero(), row = Map::row(t), base = Map::base(t);
-      Elem* po = static_cast<Elem*>(v.part_o) + Map::chunk(t) * 8;
-#pragma unroll
-      for (int i = 0; i < Map::kChunks; ++i) {
-        const int64_t out = rows.out[row + Map::kRs * i];  // < 0: padding row (not stored)
-        const uint4 val = *reinterpret_cast<const uint4*>(q_smem + Map::off(base, i));
-        st_global_16_if(po + out, val, int(out >> 32));
-      }
-    }
+    softmax_finalize(row_max, row_sum, a.out_scale, row_lse);  // row_sum: now the O scale
+    epilogue<Tr>(acc_o, row_sum, row_lse, q_smem, rows.out, v, int(threadIdx.x), w, a.zero);
 
     // ---- The next item's rows of this warp (after the warp's epilogue, the
     // last reader of its rows): its metadata landed (each lane waits for its

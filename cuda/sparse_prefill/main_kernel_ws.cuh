@@ -27,12 +27,13 @@
 //   * 2 stages of Q + K + V (Traits::kSmemBytes each: 96 KB at D = 128, 48 KB
 //     at D = 64), 3 RowSetups, 2 ItemMetas, 6 mbarriers: ~201 KB at D = 128.
 //
-//   Key tiles: Traits<..., 128> (kernel "ws", the default) runs each item as
-//   one 128-key tile: one m64n128 S GEMM, one softmax pass, one P V per
-//   warpgroup. Traits<...> (kernel "ws_tiled") runs main_kernel<Tr, true>'s
-//   key tiles, k-steps, softmax and epilogue operation for operation: its
-//   outputs are meant to be bit-identical to the wg kernel (and to the
-//   mma.sync one as far as the wg kernel is).
+//   The softmax (softmax.cuh) and the epilogue (epilogue.cuh) are main_kernel's
+//   functions, called with the consumer thread index. Key tiles:
+//   Traits<..., 128> (kernel "ws", the default) runs each item as one 128-key
+//   tile: one m64n128 S GEMM, one softmax pass, one P V per warpgroup.
+//   Traits<...> (kernel "ws_tiled") runs main_kernel<Tr, true>'s key tiles
+//   and k-steps: its outputs are meant to be bit-identical to the wg kernel
+//   (and to the mma.sync one as far as the wg kernel is).
 //
 //   Proxies: cp.async writes are generic-proxy writes; wgmma reads through the
 //   async proxy. The copying thread does not wait for its copies, so the
@@ -224,7 +225,8 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
 // ---- Consumer (warpgroups 1, 2): ct = threadIdx.x - 128 plays main_kernel's
 // threadIdx.x (warp ct / 32 owns MMA rows [16 (ct / 32), + 16), warpgroup
 // cg = ct / 128 rows [64 cg, 64 cg + 64)). The tile loop is main_kernel's
-// wgmma path.
+// wgmma path; the softmax and the epilogue are main_kernel's functions
+// (softmax.cuh, epilogue.cuh), passed ct.
 template <class Tr>
 __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, int num_work, int stride,
                                          uint32_t cg) {
@@ -232,7 +234,6 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
   using Elem = typename Tr::Elem;
   constexpr int kN = Tr::kN, kD = Tr::kD;
   const PassView& v = a.v;
-  constexpr int kMmaN = kN / 8;  // n-atoms of S per thread (the m16n8 C layout)
 
   for (int64_t w = blockIdx.x, i = 0; w < num_work; w += stride, ++i) {
     const int s = int(i & 1);
@@ -247,8 +248,6 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     Tensor acc_o = make_tensor<float>(Shape<Int<kD / 2>>{});
     Tensor acc_s = make_tensor<float>(Shape<Int<kN / 2>>{});
     Tensor rP = make_tensor<Elem>(Shape<Int<kN / 2>>{});
-    auto S = [&](int h, int vv, int j) -> float& { return acc_s(4 * j + 2 * h + vv); };
-    auto O = [&](int h, int vv, int j) -> float& { return acc_o(4 * j + 2 * h + vv); };
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 
     auto s_gemm = [&](int n) {
@@ -267,59 +266,10 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
       wg_fence_regs(acc_o);
     };
 
-    // main_kernel's softmax, operation for operation.
+    // The softmax of main_kernel (softmax.cuh), with the consumer thread index.
     auto softmax = [&](int n, auto first, bool masked) {
-      constexpr bool kFirst = decltype(first)::value;
-#pragma unroll
-      for (int e = 0; e < size(acc_s); ++e) acc_s(e) *= a.scale_log2;
-      if (masked) {
-        const int t = int(threadIdx.x) - 128 + (n & a.zero), r0 = (t >> 5) * 16 + ((t & 31) >> 2);
-        const int lim0 = rows.vis[r0] - n * kN - 2 * (t & 3), lim1 = rows.vis[r0 + 8] - n * kN - 2 * (t & 3);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int lim = h == 0 ? lim0 : lim1;
-#pragma unroll
-          for (int j = 0; j < kMmaN; ++j) {
-#pragma unroll
-            for (int vv = 0; vv < 2; ++vv) {
-              float& x = S(h, vv, j);
-              x = 8 * j + vv < lim ? x : -INFINITY;
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = row_max[h];
-#pragma unroll
-        for (int j = 0; j < kMmaN; ++j) {
-#pragma unroll
-          for (int vv = 0; vv < 2; ++vv) mx = fmaxf(mx, S(h, vv, j));
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_use = mx == -INFINITY ? 0.0f : mx;
-        const float corr = exp2f(row_max[h] - m_use);  // row_max = -inf -> 0
-        row_max[h] = mx;
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kMmaN; ++j) {
-#pragma unroll
-          for (int vv = 0; vv < 2; ++vv) {
-            const float pe = exp2f(S(h, vv, j) - m_use);
-            rP(4 * j + 2 * h + vv) = Elem(pe);
-            sum += pe;
-          }
-        }
-        row_sum[h] = row_sum[h] * corr + sum;
-        if constexpr (!kFirst) {
-#pragma unroll
-          for (int j = 0; j < kD / 8; ++j) {
-#pragma unroll
-            for (int vv = 0; vv < 2; ++vv) O(h, vv, j) *= corr;
-          }
-        }
-      }
+      online_softmax_step<kN>(acc_s, rP, acc_o, row_max, row_sum, first, masked, a.scale_log2, rows.vis,
+                              int(threadIdx.x) - 128, n, a.zero);
     };
 
     auto pv = [&](int n, bool accumulate) {
@@ -371,49 +321,13 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     cute::warpgroup_wait<0>();  // the last P V
     wg_fence_regs(acc_o);
 
-    // ---- Epilogue: main_kernel's, on the stage's Q rows of this warp.
+    // ---- Epilogue: main_kernel's (epilogue.cuh), on the stage's Q rows of
+    // this warp, with the consumer thread index.
+    // (row_lse is the caller's: an array local to the inlined epilogue
+    // reordered NVVM's phis and so the SASS.)
     float row_lse[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float sum = row_sum[h];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const bool any = row_max[h] != -INFINITY && sum > 0.0f;
-      row_sum[h] = any ? a.out_scale / sum : 0.0f;
-      row_lse[h] = any ? (row_max[h] + __log2f(sum)) * 0.69314718055994530942f : -INFINITY;
-    }
-    __syncwarp();
-    {
-      const uint32_t base = o_frag_base<Tr>(threadIdx.x - 128 + opaque_zero());
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int j = 0; j < kD / 8; ++j) {
-          *reinterpret_cast<uint32_t*>(q_smem + o_frag_off<Tr>(base, h, j)) =
-              pack2<Elem>(O(h, 0, j) * row_sum[h], O(h, 1, j) * row_sum[h]);
-        }
-      }
-    }
-    const int et = int(threadIdx.x) - 128 + (int(w) & a.zero), my_row0 = (et >> 5) * 16 + ((et & 31) >> 2);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if ((et & 3) == 0) {
-        const int64_t out = rows.out[my_row0 + 8 * h];
-        if (out >= 0) v.part_lse[out / kD] = row_lse[h];
-      }
-    }
-    __syncwarp();
-    {
-      using Map = ORowMap<Tr>;
-      const uint32_t t = threadIdx.x - 128 + opaque_zero(), row = Map::row(t), base = Map::base(t);
-      Elem* po = static_cast<Elem*>(v.part_o) + Map::chunk(t) * 8;
-#pragma unroll
-      for (int e = 0; e < Map::kChunks; ++e) {
-        const int64_t out = rows.out[row + Map::kRs * e];  // < 0: padding row (not stored)
-        const uint4 val = *reinterpret_cast<const uint4*>(q_smem + Map::off(base, e));
-        st_global_16_if(po + out, val, int(out >> 32));
-      }
-    }
+    softmax_finalize(row_max, row_sum, a.out_scale, row_lse);  // row_sum: now the O scale
+    epilogue<Tr>(acc_o, row_sum, row_lse, q_smem, rows.out, v, int(threadIdx.x) - 128, w, a.zero);
     // This warp is done with stage s (its Q rows, K, V, the RowSetup).
     __syncwarp();
     if ((threadIdx.x & 31) == 0) Bar::arrive(sm.bar(W::kEmpty + s));
