@@ -6,6 +6,11 @@
 // sm_90a SASS (e.g. compute_80 PTX JIT-compiled for a newer GPU: the kernel
 // body is a trap there).
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include "cuda/sparse_prefill/main_kernel_ws.cuh"
 #include "cuda/sparse_prefill/main_launch.cuh"
@@ -13,18 +18,86 @@
 namespace msa::cuda::sparse_prefill {
 namespace {
 
+// cuTensorMapEncodeTiled of the driver, through the runtime's entry-point
+// query (the library does not link libcuda); null where unavailable.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      f = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// MSA_JAX_SPARSE_PREFILL_KV_TMA=0: K/V through cp.async only (A/B runs; the
+// same bytes land in shared memory, so the outputs are the same bits).
+bool kv_tma_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_KV_TMA");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
+// The TMA maps of K and V for 128-key blocks (WsArgs' layout comment), in
+// the swizzle of Traits' K/V layout (128-byte rows of 64 columns, 16-byte
+// chunks XOR row % 8). False (no TMA: cp.async for every block) where the
+// shapes or the driver do not allow it.
+template <class Tr>
+bool encode_kv_maps(const SparsePrefillParams& p, WsArgs& wa) {
+  static_assert(Tr::kD % 64 == 0, "64-column boxes");
+  if (Tr::kN != 128 || p.block_size != 128 || !kv_tma_enabled()) return false;
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const uint64_t es = sizeof(typename Tr::Elem), D = uint64_t(Tr::kD), Hkv = uint64_t(p.kv_heads);
+  const CUtensorMapDataType dtype =
+      std::is_same_v<typename Tr::Elem, cute::bfloat16_t> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  cuuint64_t dims[4], strides[3];
+  cuuint32_t box[4], estr[4] = {1, 1, 1, 1};
+  cuuint32_t rank;
+  if (p.paged) {
+    if (p.page_size != 128 || p.num_pages <= 0) return false;
+    rank = 4;
+    dims[0] = D, dims[1] = 128, dims[2] = Hkv, dims[3] = uint64_t(p.num_pages);
+    strides[0] = D * es, strides[1] = 128 * D * es, strides[2] = Hkv * 128 * D * es;
+    box[0] = 64, box[1] = 128, box[2] = 1, box[3] = 1;
+  } else {
+    if (p.dense_rows <= 0) return false;
+    rank = 3;
+    dims[0] = D, dims[1] = Hkv, dims[2] = uint64_t(p.dense_rows);
+    strides[0] = D * es, strides[1] = Hkv * D * es;
+    box[0] = 64, box[1] = 1, box[2] = 128;
+  }
+  for (int t = 0; t < 2; ++t) {
+    void* base = const_cast<void*>(t == 0 ? p.k : p.v);
+    CUtensorMap* map = t == 0 ? &wa.k_map : &wa.v_map;
+    if (encode(map, dtype, rank, base, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+      return false;
+    }
+  }
+  return true;
+}
+
 template <class Tr>
 cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   using W = WsTraits<Tr>;
-  const MainArgs a = main_launch::make_args(p, v);
   if (v.work_items == 0) return cudaSuccess;
+  WsArgs wa{};
+  wa.a = main_launch::make_args(p, v);
+  wa.kv_tma = encode_kv_maps<Tr>(p, wa) ? 1 : 0;
   auto kernel = main_kernel_ws<Tr>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, W::kSmemBytes);
   if (err != cudaSuccess) return err;
   // One CTA per SM (~199 KB of shared memory at D = 128), grid-stride over
   // the device-side work list.
   const int64_t grid = std::min<int64_t>(v.work_items, int64_t(num_sms()));
-  kernel<<<unsigned(grid), W::kThreads, W::kSmemBytes, stream>>>(a);
+  kernel<<<unsigned(grid), W::kThreads, W::kSmemBytes, stream>>>(wa);
   return cudaGetLastError();
 }
 

@@ -58,12 +58,27 @@
 //   needs a consumer barrier.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
+
+#include <cute/arch/copy_sm90_tma.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "cuda/sparse_prefill/main_kernel.cuh"
 
 namespace msa::cuda::sparse_prefill {
+
+// The warp-specialized kernel's arguments: main_kernel's, plus the TMA
+// descriptors of K and V (encoded on the host per launch, main_kernel_ws.cu)
+// when kv_tma: 128-key blocks, copied as kD / 64 boxes of 64 columns x 128
+// keys in the 128-byte swizzle of Traits' K/V layout. Dense K [Tk, Hkv, D]:
+// a 3-d map (D, Hkv, Tk), box (64, 1, 128); paged [pages, Hkv, 128, D]: a
+// 4-d map (D, 128, Hkv, pages), box (64, 128, 1, 1).
+struct WsArgs {
+  CUtensorMap k_map, v_map;
+  MainArgs a;
+  int kv_tma;  // 1: full 128-key blocks through the maps, 0: all cp.async
+};
 
 template <class Tr>
 struct WsTraits {
@@ -91,7 +106,10 @@ struct WsTraits {
   static constexpr int kRowBufs = kStages + 1;
   static constexpr int kRowsOff = kStages * kStageBytes;
   static constexpr int kMetaOff = kRowsOff + kRowBufs * int(sizeof(RowSetup));
-  static constexpr int kBarOff = kMetaOff + kStages * int(sizeof(ItemMeta));
+  // The work-item descriptor of item i + 2, one copy per producer warp, in
+  // slot i % 2 (see the producer).
+  static constexpr int kDescOff = kMetaOff + kStages * int(sizeof(ItemMeta));
+  static constexpr int kBarOff = kDescOff + 2 * (kProducerThreads / 32) * int(sizeof(WorkItem));
   static_assert(sizeof(RowSetup) % 16 == 0 && sizeof(ItemMeta) % 16 == 0, "16-byte alignment of the metadata");
   enum { kFullKQ = 0, kFullV = kStages, kEmpty = 2 * kStages, kBars = 3 * kStages };
   static constexpr int kSmemBytes = kBarOff + kBars * 8;
@@ -130,6 +148,9 @@ struct Smem {
   __device__ __forceinline__ ItemMeta& meta(int s) const {
     return reinterpret_cast<ItemMeta*>(base + WsTraits<Tr>::kMetaOff)[s];
   }
+  __device__ __forceinline__ WorkItem& desc(int slot, int warp) const {
+    return reinterpret_cast<WorkItem*>(base + WsTraits<Tr>::kDescOff)[slot * (WsTraits<Tr>::kProducerThreads / 32) + warp];
+  }
   __device__ __forceinline__ uint64_t* bar(int i) const {
     return reinterpret_cast<uint64_t*>(base + WsTraits<Tr>::kBarOff) + i;
   }
@@ -138,19 +159,54 @@ struct Smem {
 // bar.sync among the producer warpgroup only (id 1; 0 is __syncthreads).
 __device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
 
+// The item's K and V blocks through the TMA (kv_tma and a full 128-key
+// block): one thread issues kD / 64 boxes per tensor, each completing
+// transaction bytes on the stage's full barrier (the caller's
+// arrive_and_expect_tx announced them). Dense: coordinates (column, KV head,
+// row of key 0); paged: (column, 0, KV head, page). The maps bound every box:
+// a coordinate outside the tensor reads zeros, never other memory.
+template <class Tr>
+__device__ __forceinline__ void tma_kv_block(const CUtensorMap* map, uint64_t* bar, typename Tr::Elem* dst, bool paged,
+                                             int g, int32_t row_or_page) {
+  constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+#pragma unroll
+  for (int c = 0; c < Tr::kD / 64; ++c) {
+    void* d = dst + c * (128 * 64);  // panel c of the swizzled layout (kv_off)
+    if (paged) {
+      cute::SM90_TMA_LOAD_4D::copy(map, bar, kHint, d, 64 * c, 0, g, row_or_page);
+    } else {
+      cute::SM90_TMA_LOAD_3D::copy(map, bar, kHint, d, 64 * c, g, row_or_page);
+    }
+  }
+}
+
 // ---- Producer (warpgroup 0, pt = threadIdx.x in [0, 128)). Each producer
 // thread does the copies of main_kernel's threads pt and pt + 128 (load_kv_cp,
 // gather_q_t: their index maps, checked on the host for 256 threads), and the
 // metadata / row setup of main_kernel's warps pt / 32 and pt / 32 + 4
 // (fetch_meta, row_setup: warp-local, so a producer warp fetches exactly what
 // it later sets up).
+//
+// K / V: with kv_tma (one-tile kernel, 128-key blocks), a block whose 128
+// keys are all real goes through the TMA (thread 0: arrive_and_expect_tx on
+// full_kq[s] in place of its plain arrive, on full_v[s] in place of its
+// noinc arrive; the other threads arrive plainly on full_v[s]); a partial
+// block (a sequence's last, an unresolvable page) through cp.async with
+// its zero fill, as without kv_tma. Same bytes in shared memory either way.
+//
+// Descriptors: item i + 1's descriptor is read from shared memory at the top
+// of iteration i (slot (i + 1) % 2 of the warp, copied there by cp.async in
+// iteration i - 1's metadata group, two items ahead): a global load of it
+// one item ahead stalled the producer on its latency (ptxas moves the
+// descriptor into uniform registers right after the load).
 template <class Tr>
-__device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, int num_work, int stride) {
+__device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, int num_work, int stride) {
   using W = WsTraits<Tr>;
   using Elem = typename Tr::Elem;
+  const MainArgs& a = wa.a;
   const SparsePrefillParams& p = a.p;
   const PassView& v = a.v;
-  const int pt = int(threadIdx.x);
+  const int pt = int(threadIdx.x), lane = pt & 31, warp = pt >> 5;
   int64_t w = blockIdx.x;
   if (w >= num_work) return;
   constexpr int kKvBytes = int(sizeof(Elem));
@@ -158,9 +214,23 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
   // 128 V rows even for 64-key blocks, so rows past nvalid are always
   // zero-filled (stale shared memory could hold NaN bit patterns: 0 * NaN).
   const bool full128 = Tr::kN == 128 || p.block_size > 64;
+  const bool kv_tma = Tr::kN == 128 && wa.kv_tma != 0;
+  constexpr uint32_t kKvTileBytes = 128 * Tr::kD * uint32_t(sizeof(Elem));
+  // Lanes 20, 21 of each warp: the 32-byte descriptor of item i + 2 (two
+  // 16-byte copies into the warp's slot).
+  auto fetch_desc = [&](int64_t item, int slot) {
+    if (lane == 20 || lane == 21) {
+      const int half = lane - 20;
+      cp_async_16(reinterpret_cast<uint8_t*>(&sm.desc(slot, warp)) + 16 * half,
+                  reinterpret_cast<const uint8_t*>(v.work + item) + 16 * half, 0);
+    }
+  };
 
-  // Prologue: the first item's descriptor and metadata.
+  // Prologue: the first item's descriptor and metadata, the second item's
+  // descriptor (global loads, once; iteration 0 copies the third's).
   WorkItem it = v.work[w];
+  WorkItem nx{};
+  if (w + stride < num_work) nx = v.work[w + stride];
   fetch_meta(a, it, sm.meta(0), pt);
   fetch_meta(a, it, sm.meta(0), pt + 128);
   cute::cp_async_fence();
@@ -169,39 +239,55 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
     const int s = i & 1;
     const uint32_t parity = uint32_t(i >> 1) & 1u;
     const bool has_next = w + stride < num_work;
-    // The next item's descriptor: in flight while this item waits and copies.
-    WorkItem nx{};
-    if (has_next) nx = v.work[w + stride];
-    // This item's metadata landed: every group but the newest two (item
-    // i - 1's Q + K and V; the prologue waited for everything). Each lane
-    // waits for its own copies, __syncwarp shares them.
+    // This item's metadata and the next item's descriptor landed: every
+    // group but the newest two (item i - 1's Q + K and V; the prologue waited
+    // for everything). Each lane waits for its own copies, __syncwarp shares
+    // them.
     cute::cp_async_wait<2>();
     __syncwarp();
+    if (i > 0 && has_next) nx = sm.desc(s ^ 1, warp);  // item i + 1 (copied in iteration i - 1)
     // The row setup, before the stage is free (rows[i % 3]: see kRowBufs).
     const ItemMeta& m = sm.meta(s);
     RowSetup& rows = sm.rows(i % W::kRowBufs);
     row_setup<Tr>(a, it, m, rows, pt);
     row_setup<Tr>(a, it, m, rows, pt + 128);
+    const ItemKV kv = item_kv<Tr>(p, it, m.hdr[warp]);
+    const bool tma_item = kv_tma && kv.nvalid == 128;  // the same in every producer thread
     producer_sync();  // every row's qoff written (read across warps by the gather)
     // The consumers are done with stage s (item i - 2: its Q rows, K and V),
     // so full_kq[s] / full_v[s] are in item i's phase.
     Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
-    Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
+    if (tma_item) {
+      if (pt == 0) {
+        const int32_t crd = p.paged ? m.hdr[0][kHdrKv] : int32_t(m.hdr[0][kHdrKv] + kv.key0);
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullKQ + s), kKvTileBytes);
+        tma_kv_block<Tr>(&wa.k_map, sm.bar(W::kFullKQ + s), sm.k(s), p.paged, it.g, crd);
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullV + s), kKvTileBytes);
+        tma_kv_block<Tr>(&wa.v_map, sm.bar(W::kFullV + s), sm.v(s), p.paged, it.g, crd);
+      } else {
+        Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
+        Bar::arrive(sm.bar(W::kFullV + s));
+      }
+    } else {
+      Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
+    }
     // The next item's metadata (into the other ItemMeta: its last readers, the
     // row setup and item_kv of item i - 1, ran in this warp in the previous
     // iteration; fetch_meta, row_setup and item_kv touch only the warp's own
-    // parts), in a group of its own: the next iteration waits for this group
-    // alone, never for the Q / K / V copies.
+    // parts) and the descriptor of item i + 2 (into slot s: its last reader
+    // was iteration i - 1, before this iteration's __syncwarp), in a group of
+    // their own: the next iteration waits for this group alone, never for
+    // the Q / K / V copies.
     if (has_next) {
       fetch_meta(a, nx, sm.meta(s ^ 1), pt);
       fetch_meta(a, nx, sm.meta(s ^ 1), pt + 128);
+      if (w + 2 * int64_t(stride) < num_work) fetch_desc(w + 2 * int64_t(stride), s);
     }
     cute::cp_async_fence();  // group: metadata
     // Q first (the gathers are the copies most likely to miss L2), then K.
     gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
     gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
-    {
-      const ItemKV kv = item_kv<Tr>(p, it, m.hdr[pt >> 5]);
+    if (!tma_item) {
       const uint8_t* ksrc = static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt));
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt + 128));
@@ -210,14 +296,13 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
     // Arrives on full_kq[s] once this thread's copies so far (Q, K and the
     // metadata) have landed; the producer goes on without waiting.
     cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullKQ + s));
-    {
-      const ItemKV kv = item_kv<Tr>(p, it, m.hdr[pt >> 5]);
+    if (!tma_item) {
       const uint8_t* vsrc = static_cast<const uint8_t*>(p.v) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt));
       load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt + 128));
     }
-    cute::cp_async_fence();  // group: V
-    cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullV + s));
+    cute::cp_async_fence();  // group: V (empty for a TMA item: the group count stays 3 per item)
+    if (!tma_item) cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullV + s));
     it = nx;
   }
   cute::cp_async_wait<0>();
@@ -317,9 +402,10 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
 // Launched only where it was compiled for sm_90a (the host checks the
 // function's PTX / binary version): every other target compiles a trap.
 template <class Tr>
-__global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(const __grid_constant__ MainArgs a) {
+__global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(const __grid_constant__ WsArgs wa) {
 #if MSA_SP_WGMMA
   using W = WsTraits<Tr>;
+  const MainArgs& a = wa.a;
   extern __shared__ __align__(1024) uint8_t smem_[];
   if (cast_smem_ptr_to_uint(smem_) & 1023u) __trap();  // (folded: the wgmma descriptors need it)
   const ws_detail::Smem<Tr> sm{smem_};
@@ -340,7 +426,11 @@ __global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(cons
   const uint32_t wg = __reduce_max_sync(0xffffffffu, uint32_t(threadIdx.x >> 7));
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<W::kProducerRegs>();
-    ws_detail::producer<Tr>(a, sm, num_work, stride);
+    if (Tr::kN == 128 && wa.kv_tma != 0 && threadIdx.x == 0) {
+      cute::prefetch_tma_descriptor(&wa.k_map);
+      cute::prefetch_tma_descriptor(&wa.v_map);
+    }
+    ws_detail::producer<Tr>(wa, sm, num_work, stride);
   } else {
     cutlass::arch::warpgroup_reg_alloc<W::kConsumerRegs>();
     ws_detail::consumer<Tr>(a, sm, num_work, stride, wg - 1);
