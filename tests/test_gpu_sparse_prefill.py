@@ -477,7 +477,7 @@ def test_ws_tiled_kernel_bitwise(tmp_path_factory):
 
 def test_ws_one_tile_kernel(tmp_path_factory):
     """KERNEL=ws (the default: each item's keys as one 128-key tile, so one softmax pass without
-    rescaling) agrees with KERNEL=wg within TOL on the cases of test_tile_loops_bitwise (the
+    rescaling; its warpgroups take turns issuing GEMMs) agrees with KERNEL=wg within TOL on the cases of test_tile_loops_bitwise (the
     summation order differs, so the bits may too), with the same -inf pattern; when neither
     kernel variable is set in this process, its default outputs equal KERNEL=ws's bit for bit.
     (The reference grid of this file runs the default kernel.)"""
@@ -494,6 +494,16 @@ def test_ws_one_tile_kernel(tmp_path_factory):
     if not os.environ.get("MSA_JAX_SPARSE_PREFILL_KERNEL") and \
             os.environ.get("MSA_JAX_SPARSE_PREFILL_MMA_SYNC", "0") in ("", "0"):
         _compare_bitwise([x for pair in _tile_loop_outputs() for x in pair], ws, "default vs ws")
+
+
+def test_ws_ping_pong_bitwise(tmp_path_factory):
+    """KERNEL=ws (the two consumer warpgroups take turns issuing their GEMMs) against
+    KERNEL=ws_lockstep (the same kernel without the turns): the turns change only when each GEMM
+    is issued, never what it computes, so the bits must match."""
+    gpu_device()
+    ws = _kernel_outputs(tmp_path_factory, "ws", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws")
+    lockstep = _kernel_outputs(tmp_path_factory, "ws_lockstep", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws_lockstep")
+    _compare_bitwise(ws, lockstep, "ws vs ws_lockstep")
 
 
 def test_fp32_unimplemented():

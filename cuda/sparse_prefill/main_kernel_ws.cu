@@ -13,12 +13,12 @@
 namespace msa::cuda::sparse_prefill {
 namespace {
 
-template <class Tr>
+template <class Tr, bool kPingPong>
 cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   using W = WsTraits<Tr>;
   const MainArgs a = main_launch::make_args(p, v);
   if (v.work_items == 0) return cudaSuccess;
-  auto kernel = main_kernel_ws<Tr>;
+  auto kernel = main_kernel_ws<Tr, kPingPong>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, W::kSmemBytes);
   if (err != cudaSuccess) return err;
   // One CTA per SM (~199 KB of shared memory at D = 128), grid-stride over
@@ -30,12 +30,22 @@ cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStrea
 
 // kKeysPerTile: 128 = one key tile per item (the default kernel); 0 = the
 // 256-thread kernels' key tiles (bit-identical to the wg kernel).
-template <class Elem, int kKeysPerTile>
+// kPingPong: the consumer warpgroups take turns issuing GEMMs (one-tile only).
+template <class Elem, int kKeysPerTile, bool kPingPong>
 cudaError_t launch_ws_d(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 64: return launch_ws<Traits<Elem, false, 64, kKeysPerTile>>(p, v, stream);
-    case 128: return launch_ws<Traits<Elem, false, 128, kKeysPerTile>>(p, v, stream);
+    case 64: return launch_ws<Traits<Elem, false, 64, kKeysPerTile>, kPingPong>(p, v, stream);
+    case 128: return launch_ws<Traits<Elem, false, 128, kKeysPerTile>, kPingPong>(p, v, stream);
     default: return cudaErrorInvalidValue;
+  }
+}
+
+template <class Elem>
+cudaError_t launch_ws_e(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, WsVariant variant) {
+  switch (variant) {
+    case WsVariant::kTiled: return launch_ws_d<Elem, 0, false>(p, v, stream);
+    case WsVariant::kOneTile: return launch_ws_d<Elem, 128, false>(p, v, stream);
+    default: return launch_ws_d<Elem, 128, true>(p, v, stream);
   }
 }
 
@@ -54,7 +64,7 @@ bool ws_runnable() {
             minor == 0;
   if (ok) {
     cudaFuncAttributes attr{};
-    ok = cudaFuncGetAttributes(&attr, main_kernel_ws<Traits<cute::bfloat16_t, false, 128>>) == cudaSuccess &&
+    ok = cudaFuncGetAttributes(&attr, main_kernel_ws<Traits<cute::bfloat16_t, false, 128>, false>) == cudaSuccess &&
          attr.ptxVersion == 90 && attr.binaryVersion == 90;
   }
   if (dev >= 0 && dev < 64) cache[dev].store(ok ? 1 : 2, std::memory_order_relaxed);
@@ -63,12 +73,10 @@ bool ws_runnable() {
 
 }  // namespace
 
-cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, bool one_tile) {
+cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, WsVariant variant) {
   if (p.kv_type == ElemType::kFP8E4M3 || !ws_runnable()) return launch_main_wg(p, v, stream);
-  if (p.q_type == ElemType::kBF16) {
-    return one_tile ? launch_ws_d<cute::bfloat16_t, 128>(p, v, stream) : launch_ws_d<cute::bfloat16_t, 0>(p, v, stream);
-  }
-  return one_tile ? launch_ws_d<cute::half_t, 128>(p, v, stream) : launch_ws_d<cute::half_t, 0>(p, v, stream);
+  if (p.q_type == ElemType::kBF16) return launch_ws_e<cute::bfloat16_t>(p, v, stream, variant);
+  return launch_ws_e<cute::half_t>(p, v, stream, variant);
 }
 
 }  // namespace msa::cuda::sparse_prefill

@@ -137,6 +137,21 @@ struct Smem {
 // bar.sync among the producer warpgroup only (id 1; 0 is __syncthreads).
 __device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
 
+// Ping-pong of the two consumer warpgroups (FA3 hopper/'s warp scheduler
+// barriers): GEMM issue turns alternate S(wg 0), S(wg 1), P V(wg 0), P V(wg 1),
+// ... so that one warpgroup's softmax and epilogue run while the other's GEMMs
+// keep the tensor cores busy, instead of both warpgroups computing and then
+// both waiting in lockstep. Turn barrier of warpgroup cg: user named barrier
+// cg (CUTLASS offsets user ids past its reserved ones; the producer's bar.sync
+// uses hardware id 1, below them), 256 threads: cg's 128 sync, the other
+// warpgroup's 128 arrive when they pass the turn on.
+__device__ __forceinline__ void wait_turn(uint32_t cg) {
+  cutlass::arch::NamedBarrier::sync(2 * 128, cg);
+}
+__device__ __forceinline__ void pass_turn(uint32_t cg) {
+  cutlass::arch::NamedBarrier::arrive(2 * 128, cg ^ 1u);
+}
+
 // ---- Producer (warpgroup 0, pt = threadIdx.x in [0, 128)). Each producer
 // thread does the copies of main_kernel's threads pt and pt + 128 (load_kv_cp,
 // gather_q_t: their index maps, checked on the host for 256 threads), and the
@@ -227,13 +242,22 @@ __device__ __forceinline__ void producer(const MainArgs& a, const Smem<Tr>& sm, 
 // cg = ct / 128 rows [64 cg, 64 cg + 64)). The tile loop is main_kernel's
 // wgmma path; the softmax and the epilogue are main_kernel's functions
 // (softmax.cuh, epilogue.cuh), passed ct.
-template <class Tr>
+//
+// kPingPong (one-tile kernel only: every item is exactly one S turn and one
+// P V turn per warpgroup, whatever its rows, so the turns stay paired):
+// wait_turn before issuing a GEMM, pass_turn right after issuing it.
+template <class Tr, bool kPingPong>
 __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, int num_work, int stride,
                                          uint32_t cg) {
   using W = WsTraits<Tr>;
   using Elem = typename Tr::Elem;
   constexpr int kN = Tr::kN, kD = Tr::kD;
+  static_assert(!kPingPong || kN == 128, "ping-pong pairs one S and one P V turn per item");
   const PassView& v = a.v;
+  // Warpgroup 0 takes the first turn.
+  if constexpr (kPingPong) {
+    if (cg == 1) pass_turn(cg);
+  }
 
   for (int64_t w = blockIdx.x, i = 0; w < num_work; w += stride, ++i) {
     const int s = int(i & 1);
@@ -254,6 +278,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
       const uint32_t q_lo = wg_desc_lo(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(cg), kWgLboK);
       const uint32_t k_lo = wg_desc_lo(cast_smem_ptr_to_uint(sm.k(s)) + wg_tile_off<Tr>(n), kWgLboK);
       wg_fence_regs(acc_s);
+      if constexpr (kPingPong) wait_turn(cg);
       cute::warpgroup_arrive();
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
@@ -261,6 +286,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
                              std::make_index_sequence<kN / 2>{});
       }
       cute::warpgroup_commit_batch();
+      if constexpr (kPingPong) pass_turn(cg);
       cute::warpgroup_wait<0>();  // S(n) and P V(n - 1)
       wg_fence_regs(acc_s);
       wg_fence_regs(acc_o);
@@ -277,6 +303,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
       const uint32_t v_lo = wg_desc_lo(cast_smem_ptr_to_uint(sm.v(s)) + wg_tile_off<Tr>(n), kWgLboV<Tr>);
       wg_fence_regs(pw);
       wg_fence_regs(acc_o);
+      if constexpr (kPingPong) wait_turn(cg);
       cute::warpgroup_arrive();
 #pragma unroll
       for (int ks = 0; ks < kN / 16; ++ks) {
@@ -284,6 +311,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
                               std::make_index_sequence<kD / 2>{});
       }
       cute::warpgroup_commit_batch();  // waited for with the next tile's S (or before the epilogue)
+      if constexpr (kPingPong) pass_turn(cg);
     };
 
     // K, Q and the RowSetup of the item.
@@ -303,6 +331,10 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
       softmax(0, std::true_type{}, full_tiles == 0);
     } else {
       clear(rP);  // padding / no-key rows: P = 0, O = +0 (as main_kernel)
+      if constexpr (kPingPong) {  // the S turn, without a GEMM
+        wait_turn(cg);
+        pass_turn(cg);
+      }
     }
     Bar::wait(sm.bar(W::kFullV + s), parity);
     fence_proxy_async_smem();
@@ -339,7 +371,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
 
 // Launched only where it was compiled for sm_90a (the host checks the
 // function's PTX / binary version): every other target compiles a trap.
-template <class Tr>
+template <class Tr, bool kPingPong>
 __global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(const __grid_constant__ MainArgs a) {
 #if MSA_SP_WGMMA
   using W = WsTraits<Tr>;
@@ -366,7 +398,7 @@ __global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(cons
     ws_detail::producer<Tr>(a, sm, num_work, stride);
   } else {
     cutlass::arch::warpgroup_reg_alloc<W::kConsumerRegs>();
-    ws_detail::consumer<Tr>(a, sm, num_work, stride, wg - 1);
+    ws_detail::consumer<Tr, kPingPong>(a, sm, num_work, stride, wg - 1);
   }
 #else
   __trap();
