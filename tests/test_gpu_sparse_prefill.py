@@ -266,12 +266,15 @@ def test_long_pass_bitmap_rows():
     np.testing.assert_array_equal(a[1], b[1])   # 1024-row passes are checked against the reference above
 
 
-def test_block_size_64():
+@pytest.mark.parametrize("d,dtype,paged", [(128, jnp.bfloat16, False), (64, jnp.float16, False),
+                                           (64, jnp.bfloat16, True)])
+def test_block_size_64(d, dtype, paged):
+    """64-key blocks: the one-tile kernel reads 128 K/V rows per item, rows 64-127 zero-filled."""
     qo, kv = [300, 70], [450, 70]
-    c = prefill_case(qo, kv, hq=8, hkv=2, d=128, block_size=64, seed=4)
+    c = prefill_case(qo, kv, hq=8, hkv=2, d=d, dtype=dtype, paged=paged, page_size=64, block_size=64, seed=4)
     ids = random_block_ids(np.random.default_rng(6), c.plan, 6)
-    got = _run(c.q, c.k, c.v, ids, c.plan)
-    want = _reference((c.q, c.k, c.v, c.plan, None), ids)
+    got = _run(c.q, c.k, c.v, ids, c.plan, c.page_table)
+    want = _reference((c.q, c.k, c.v, c.plan, c.page_table), ids)
     _check(*got, *want)
 
 
