@@ -1,7 +1,8 @@
 // The warp-specialized, double-buffered KV-outer main kernel of
 // msa_sparse_prefill (sm_90a, bf16 / fp16 K/V; FlashAttention-3 hopper/
-// style): the same work items, math and outputs as main_kernel<Tr, true>
-// (main_kernel.cuh), organised so that the loads of item i + 1 overlap the
+// style): the same work items and outputs as main_kernel<Tr, true>
+// (main_kernel.cuh; the same math with Traits<...>, one key tile per item with
+// Traits<..., 128>), organised so that the loads of item i + 1 overlap the
 // compute of item i inside one CTA.
 //
 //   1 CTA per SM, 384 threads:
@@ -95,11 +96,11 @@ struct WsTraits {
   enum { kFullKQ = 0, kFullV = kStages, kEmpty = 2 * kStages, kBars = 3 * kStages };
   static constexpr int kSmemBytes = kBarOff + kBars * 8;
   static_assert(kSmemBytes <= 227 * 1024, "the opt-in shared-memory limit of sm_90");
-  // Arrivals: full_kq, full_v: every producer thread (after its copies
-  // landed and its proxy fence); empty: one per consumer warp.
-  // full_kq: each producer thread arrives twice, once plainly after its row
-  // setup (releasing the RowSetup stores) and once through
-  // cp.async.mbarrier.arrive.noinc when its Q and K copies land.
+  // Arrivals. full_kq: each producer thread twice, once plainly after its
+  // row setup (releasing the RowSetup stores) and once through
+  // cp.async.mbarrier.arrive.noinc when its Q and K copies land; full_v: each
+  // producer thread once, the same way, when its V copies land; empty: one
+  // per consumer warp.
   static constexpr int kFullKQArrivals = 2 * kProducerThreads;
   static constexpr int kFullVArrivals = kProducerThreads;
   static constexpr int kEmptyArrivals = kConsumerThreads / 32;
