@@ -396,27 +396,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
         Mma<Elem>::run(sacc[ks & 1][0], qf[ks], kb[0], kb[1]);
         Mma<Elem>::run(sacc[ks & 1][1], qf[ks], kb[2], kb[3]);
       }
-    } else if constexpr (kCvtK) {
-      // B fragment of n-tile nt (key n = 8 nt + g): one 16-byte load of the key's fp8
-      // bytes [64j + 16t, +16) holds b0 / b1 of 4 k-steps (word s: b0 = bytes 0, 1,
-      // b1 = bytes 2, 3 = columns d0 + {0, 1} / d0 + {2, 3} of Q's fragments).
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int j = 0; j < kD / 64; ++j) {
-          const uint4 kr = *reinterpret_cast<const uint4*>(stage + koff[j] + nt * 8 * Tr::kRowBytes);
-          const uint32_t w[4] = {kr.x, kr.y, kr.z, kr.w};
-#pragma unroll
-          for (int s4 = 0; s4 < 4; ++s4) {
-            uint32_t b0, b1;
-            fp8x4_f16_pairs(w[s4], b0, b1);
-            Mma<__half>::run(sacc[s4 & 1][nt], qf[4 * j + s4], b0, b1);
-          }
-        }
     } else {
       // B fragment of n-tile nt (key n = 8 nt + g): one 16-byte load of the key's fp8
-      // bytes [64j + 16t, +16) holds b0 / b1 of 4 k-steps (word s: b0 = bytes 0, 2,
-      // b1 = bytes 1, 3 = columns d0 + {0, 2} / d0 + {1, 3} of Q's fragments).
+      // bytes [64j + 16t, +16) holds b0 / b1 of 4 k-steps. Word s: with kCvtK (fp16
+      // MMA) b0 = bytes 0, 1, b1 = bytes 2, 3 = columns d0 + {0, 1} / d0 + {2, 3} of
+      // Q's fragments; with the integer conversion (Elem MMA) b0 = bytes 0, 2,
+      // b1 = bytes 1, 3 = columns d0 + {0, 2} / d0 + {1, 3} (the Q load pairs alike).
+      using KElem = std::conditional_t<kCvtK, __half, Elem>;
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -426,8 +412,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) decode_split_ker
 #pragma unroll
           for (int s4 = 0; s4 < 4; ++s4) {
             uint32_t b0, b1;
-            fp8x4<Elem>(w[s4], b0, b1);
-            Mma<Elem>::run(sacc[s4 & 1][nt], qf[4 * j + s4], b0, b1);
+            if constexpr (kCvtK) {
+              fp8x4_f16_pairs(w[s4], b0, b1);
+            } else {
+              fp8x4<Elem>(w[s4], b0, b1);
+            }
+            Mma<KElem>::run(sacc[s4 & 1][nt], qf[4 * j + s4], b0, b1);
           }
         }
     }

@@ -490,6 +490,62 @@ __host__ __device__ constexpr uint32_t wg_tile_off(int n) {
 }
 __host__ __device__ constexpr uint32_t wg_rows_off(int g) { return uint32_t(g * 64 * 128); }
 
+#if MSA_SP_WGMMA
+// The two GEMMs of a key tile on wgmma, for one warpgroup, shared by
+// main_kernel<Tr, true> and the warp-specialized consumers.
+// S = Q K^T: the warpgroup's 64 Q rows at shared address q_rows, the tile's
+// K at k_tile; issued and committed, not waited for.
+template <class Tr, class AccS>
+__device__ __forceinline__ void wg_issue_s(uint32_t q_rows, uint32_t k_tile, AccS& acc_s) {
+  const uint32_t q_lo = wg_desc_lo(q_rows, kWgLboK);
+  const uint32_t k_lo = wg_desc_lo(k_tile, kWgLboK);
+  wg_fence_regs(acc_s);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int ks = 0; ks < Tr::kD / 16; ++ks) {
+    wg_ss<WgS<typename Tr::Elem, Tr::kN>>(wg_desc(q_lo, wg_q_off<Tr>(ks)), wg_desc(k_lo, wg_k_off<Tr>(ks)), acc_s,
+                                          ks > 0, std::make_index_sequence<Tr::kN / 2>{});
+  }
+  cute::warpgroup_commit_batch();
+}
+// S = Q K^T, waited for together with the previous tile's P V.
+template <class Tr, class AccS, class AccO>
+__device__ __forceinline__ void wg_s_gemm(uint32_t q_rows, uint32_t k_tile, AccS& acc_s, AccO& acc_o) {
+  wg_issue_s<Tr>(q_rows, k_tile, acc_s);
+  cute::warpgroup_wait<0>();  // S(n) and P V(n - 1)
+  wg_fence_regs(acc_s);
+  wg_fence_regs(acc_o);
+}
+// O += P V (accumulate = false: O = P V): P from registers (rP, the A
+// fragments), the tile's V at v_tile; issued and committed, waited for with
+// the next tile's S (or before the epilogue).
+template <class Tr, class AccP, class AccO>
+__device__ __forceinline__ void wg_issue_pv(AccP& rP, uint32_t v_tile, AccO& acc_o, bool accumulate) {
+  Tensor pw = recast<uint32_t>(rP);  // k-step ks: words 4 ks .. 4 ks + 3 (the A fragment)
+  const uint32_t v_lo = wg_desc_lo(v_tile, kWgLboV<Tr>);
+  wg_fence_regs(pw);
+  wg_fence_regs(acc_o);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int ks = 0; ks < Tr::kN / 16; ++ks) {
+    wg_rs<WgPV<typename Tr::Elem, Tr::kD>>(pw, 4 * ks, wg_desc(v_lo, wg_v_off(ks)), acc_o, accumulate || ks > 0,
+                                           std::make_index_sequence<Tr::kD / 2>{});
+  }
+  cute::warpgroup_commit_batch();
+}
+#endif  // MSA_SP_WGMMA
+
+// Visible-key range of warpgroup g's 64 rows (its four warps' reductions),
+// by REDUX: uniform registers, so that tile counts and descriptors stay uniform.
+__device__ __forceinline__ void wg_vis_range(const RowSetup& rows, uint32_t g, uint32_t& vis_max,
+                                             uint32_t& vis_min) {
+  const int w0 = int(g) * 4;  // warpgroup g: warps 4 g .. 4 g + 3
+  vis_max = __reduce_max_sync(0xffffffffu, max(max(rows.vis_max[w0], rows.vis_max[w0 + 1]),
+                                               max(rows.vis_max[w0 + 2], rows.vis_max[w0 + 3])));
+  vis_min = __reduce_min_sync(0xffffffffu, min(min(rows.vis_min[w0], rows.vis_min[w0 + 1]),
+                                               min(rows.vis_min[w0 + 2], rows.vis_min[w0 + 3])));
+}
+
 // K or V rows [0, 64) (and [64, 128) when the block has 128 keys) of the
 // block -> shared memory (the K/V layout of Traits); rows >= nvalid are
 // zero-filled. src points at key 0 of the block (this KV head), row_bytes is
@@ -718,19 +774,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
       if constexpr (kUseWg) {
 #if MSA_SP_WGMMA
         // (Uniform: smem bases, the warpgroup from a REDUX, n.)
-        const uint32_t q_lo = wg_desc_lo(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(wg_u), kWgLboK);
-        const uint32_t k_lo = wg_desc_lo(cast_smem_ptr_to_uint(k_smem) + wg_tile_off<Tr>(n), kWgLboK);
-        wg_fence_regs(acc_s);
-        cute::warpgroup_arrive();
-#pragma unroll
-        for (int ks = 0; ks < kD / 16; ++ks) {
-          wg_ss<WgS<Elem, kN>>(wg_desc(q_lo, wg_q_off<Tr>(ks)), wg_desc(k_lo, wg_k_off<Tr>(ks)), acc_s, ks > 0,
-                               std::make_index_sequence<kN / 2>{});
-        }
-        cute::warpgroup_commit_batch();
-        cute::warpgroup_wait<0>();  // S(n) and P V(n - 1)
-        wg_fence_regs(acc_s);
-        wg_fence_regs(acc_o);
+        wg_s_gemm<Tr>(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(wg_u),
+                      cast_smem_ptr_to_uint(k_smem) + wg_tile_off<Tr>(n), acc_s, acc_o);
 #endif
       } else {
         clear(acc_s);
@@ -758,17 +803,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
     auto pv = [&](int n, bool accumulate) {
       if constexpr (kUseWg) {
 #if MSA_SP_WGMMA
-        Tensor pw = recast<uint32_t>(rP);  // k-step ks: words 4 ks .. 4 ks + 3 (the A fragment)
-        const uint32_t v_lo = wg_desc_lo(cast_smem_ptr_to_uint(v_smem) + wg_tile_off<Tr>(n), kWgLboV<Tr>);
-        wg_fence_regs(pw);
-        wg_fence_regs(acc_o);
-        cute::warpgroup_arrive();
-#pragma unroll
-        for (int ks = 0; ks < kN / 16; ++ks) {
-          wg_rs<WgPV<Elem, kD>>(pw, 4 * ks, wg_desc(v_lo, wg_v_off(ks)), acc_o, accumulate || ks > 0,
-                                std::make_index_sequence<kD / 2>{});
-        }
-        cute::warpgroup_commit_batch();  // waited for with the next tile's S (or before the epilogue)
+        wg_issue_pv<Tr>(rP, cast_smem_ptr_to_uint(v_smem) + wg_tile_off<Tr>(n), acc_o, accumulate);
 #endif
       } else {
         if (!accumulate) clear(acc_o);
@@ -822,11 +857,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
     // are rewritten only after the V barrier below.)
     uint32_t vis_max, vis_min;
     if constexpr (kUseWg) {
-      const int w0 = int(wg_u) * 4;  // warpgroup g: warps 4 g .. 4 g + 3
-      vis_max = __reduce_max_sync(0xffffffffu, max(max(rows.vis_max[w0], rows.vis_max[w0 + 1]),
-                                                   max(rows.vis_max[w0 + 2], rows.vis_max[w0 + 3])));
-      vis_min = __reduce_min_sync(0xffffffffu, min(min(rows.vis_min[w0], rows.vis_min[w0 + 1]),
-                                                   min(rows.vis_min[w0 + 2], rows.vis_min[w0 + 3])));
+      wg_vis_range(rows, wg_u, vis_max, vis_min);
     } else {
       vis_max = __reduce_max_sync(0xffffffffu, rows.vis_max[warp]);
       vis_min = __reduce_min_sync(0xffffffffu, rows.vis_min[warp]);

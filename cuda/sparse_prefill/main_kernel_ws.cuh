@@ -275,20 +275,13 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     Tensor rP = make_tensor<Elem>(Shape<Int<kN / 2>>{});
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 
+    // The GEMMs of main_kernel's wgmma path (main_kernel.cuh), on stage s.
     auto s_gemm = [&](int n) {
-      const uint32_t q_lo = wg_desc_lo(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(cg), kWgLboK);
-      const uint32_t k_lo = wg_desc_lo(cast_smem_ptr_to_uint(sm.k(s)) + wg_tile_off<Tr>(n), kWgLboK);
-      wg_fence_regs(acc_s);
       if constexpr (kPingPong) wait_turn(cg);
-      cute::warpgroup_arrive();
-#pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks) {
-        wg_ss<WgS<Elem, kN>>(wg_desc(q_lo, wg_q_off<Tr>(ks)), wg_desc(k_lo, wg_k_off<Tr>(ks)), acc_s, ks > 0,
-                             std::make_index_sequence<kN / 2>{});
-      }
-      cute::warpgroup_commit_batch();
+      wg_issue_s<Tr>(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(cg),
+                     cast_smem_ptr_to_uint(sm.k(s)) + wg_tile_off<Tr>(n), acc_s);
       if constexpr (kPingPong) pass_turn(cg);
-      cute::warpgroup_wait<0>();  // S(n) and P V(n - 1)
+      cute::warpgroup_wait<0>();  // S(n) and P V(n - 1), as wg_s_gemm
       wg_fence_regs(acc_s);
       wg_fence_regs(acc_o);
     };
@@ -300,31 +293,17 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     };
 
     auto pv = [&](int n, bool accumulate) {
-      Tensor pw = recast<uint32_t>(rP);  // k-step ks: words 4 ks .. 4 ks + 3 (the A fragment)
-      const uint32_t v_lo = wg_desc_lo(cast_smem_ptr_to_uint(sm.v(s)) + wg_tile_off<Tr>(n), kWgLboV<Tr>);
-      wg_fence_regs(pw);
-      wg_fence_regs(acc_o);
       if constexpr (kPingPong) wait_turn(cg);
-      cute::warpgroup_arrive();
-#pragma unroll
-      for (int ks = 0; ks < kN / 16; ++ks) {
-        wg_rs<WgPV<Elem, kD>>(pw, 4 * ks, wg_desc(v_lo, wg_v_off(ks)), acc_o, accumulate || ks > 0,
-                              std::make_index_sequence<kD / 2>{});
-      }
-      cute::warpgroup_commit_batch();  // waited for with the next tile's S (or before the epilogue)
+      wg_issue_pv<Tr>(rP, cast_smem_ptr_to_uint(sm.v(s)) + wg_tile_off<Tr>(n), acc_o, accumulate);
       if constexpr (kPingPong) pass_turn(cg);
     };
 
     // K, Q and the RowSetup of the item.
     Bar::wait(sm.bar(W::kFullKQ + s), parity);
     fence_proxy_async_smem();  // the producer's cp.async writes -> the async proxy (wgmma)
-    // Tile counts of the warpgroup (main_kernel's wgmma path: REDUX over its
-    // four warps' reductions).
-    const int w0 = int(cg) * 4;
-    const uint32_t vis_max = __reduce_max_sync(0xffffffffu, max(max(rows.vis_max[w0], rows.vis_max[w0 + 1]),
-                                                                max(rows.vis_max[w0 + 2], rows.vis_max[w0 + 3])));
-    const uint32_t vis_min = __reduce_min_sync(0xffffffffu, min(min(rows.vis_min[w0], rows.vis_min[w0 + 1]),
-                                                                min(rows.vis_min[w0 + 2], rows.vis_min[w0 + 3])));
+    // Tile counts of the warpgroup (as main_kernel's wgmma path).
+    uint32_t vis_max, vis_min;
+    wg_vis_range(rows, cg, vis_max, vis_min);
     const int tiles = int((vis_max + kN - 1) / kN), full_tiles = int(vis_min / kN);
 
     if (tiles > 0) {
