@@ -266,12 +266,15 @@ def test_long_pass_bitmap_rows():
     np.testing.assert_array_equal(a[1], b[1])   # 1024-row passes are checked against the reference above
 
 
-def test_block_size_64():
+@pytest.mark.parametrize("d,dtype,paged", [(128, jnp.bfloat16, False), (64, jnp.float16, False),
+                                           (64, jnp.bfloat16, True)])
+def test_block_size_64(d, dtype, paged):
+    """64-key blocks: the one-tile kernel reads 128 K/V rows per item, rows 64-127 zero-filled."""
     qo, kv = [300, 70], [450, 70]
-    c = prefill_case(qo, kv, hq=8, hkv=2, d=128, block_size=64, seed=4)
+    c = prefill_case(qo, kv, hq=8, hkv=2, d=d, dtype=dtype, paged=paged, page_size=64, block_size=64, seed=4)
     ids = random_block_ids(np.random.default_rng(6), c.plan, 6)
-    got = _run(c.q, c.k, c.v, ids, c.plan)
-    want = _reference((c.q, c.k, c.v, c.plan, None), ids)
+    got = _run(c.q, c.k, c.v, ids, c.plan, c.page_table)
+    want = _reference((c.q, c.k, c.v, c.plan, c.page_table), ids)
     _check(*got, *want)
 
 
@@ -477,7 +480,7 @@ def test_ws_tiled_kernel_bitwise(tmp_path_factory):
 
 def test_ws_one_tile_kernel(tmp_path_factory):
     """KERNEL=ws (the default: each item's keys as one 128-key tile, so one softmax pass without
-    rescaling) agrees with KERNEL=wg within TOL on the cases of test_tile_loops_bitwise (the
+    rescaling; its warpgroups take turns issuing GEMMs) agrees with KERNEL=wg within TOL on the cases of test_tile_loops_bitwise (the
     summation order differs, so the bits may too), with the same -inf pattern; when neither
     kernel variable is set in this process, its default outputs equal KERNEL=ws's bit for bit.
     (The reference grid of this file runs the default kernel.)"""
@@ -496,16 +499,28 @@ def test_ws_one_tile_kernel(tmp_path_factory):
         _compare_bitwise([x for pair in _tile_loop_outputs() for x in pair], ws, "default vs ws")
 
 
-def test_ws_kv_tma_bitwise(tmp_path_factory):
-    """The default kernel copies full 128-key K/V blocks with the TMA (dense and paged maps) and
-    partial blocks (a sequence's last, 64-key blocks) with cp.async; MSA_JAX_SPARSE_PREFILL_KV_TMA=0
-    copies every block with cp.async. The same bytes reach shared memory either way, so the
-    outputs must be the same bits, over the cases of test_tile_loops_bitwise (dense and paged,
-    D = 64 / 128, bf16 / fp16, G = 1-16, partial last blocks; the fp8 case runs wg in both)."""
+@pytest.mark.parametrize("env_var", ["MSA_JAX_SPARSE_PREFILL_KV_TMA", "MSA_JAX_SPARSE_PREFILL_Q_TMA"])
+def test_ws_tma_bitwise(tmp_path_factory, env_var):
+    """The default kernel copies full 128-key K/V blocks with the TMA (dense and paged maps; partial
+    blocks, e.g. a sequence's last or 64-key blocks, with cp.async) and, for G >= 8, each query's
+    G rows of Q with the TMA (padding queries read zeros from outside the map); KV_TMA=0 / Q_TMA=0
+    turn either back to cp.async. The same bytes reach shared memory either way, so the outputs
+    must be the same bits, over the cases of test_tile_loops_bitwise (dense and paged, D = 64 /
+    128, bf16 / fp16, G = 1, 4, 8, 16, partial last blocks; the fp8 case runs wg in every run)."""
     gpu_device()
     tma = _kernel_outputs(tmp_path_factory, "ws", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws")
-    cp = _kernel_outputs(tmp_path_factory, "ws_cp_async", "MSA_JAX_SPARSE_PREFILL_KV_TMA", "0")
-    _compare_bitwise(tma, cp, "K/V by TMA vs by cp.async")
+    cp = _kernel_outputs(tmp_path_factory, "ws_" + env_var.lower(), env_var, "0")
+    _compare_bitwise(tma, cp, f"TMA vs {env_var}=0")
+
+
+def test_ws_ping_pong_bitwise(tmp_path_factory):
+    """KERNEL=ws_pingpong (the two consumer warpgroups take turns issuing their GEMMs) against
+    KERNEL=ws (the same kernel without the turns): the turns change only when each GEMM is issued,
+    never what it computes, so the bits must match."""
+    gpu_device()
+    ws = _kernel_outputs(tmp_path_factory, "ws", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws")
+    pp = _kernel_outputs(tmp_path_factory, "ws_pingpong", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws_pingpong")
+    _compare_bitwise(pp, ws, "ws_pingpong vs ws")
 
 
 def test_fp32_unimplemented():

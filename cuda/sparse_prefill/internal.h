@@ -61,9 +61,12 @@ cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStr
 // (main_kernel_ws.cu; it calls launch_main_wg where it does not apply).
 cudaError_t launch_main_sync(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 cudaError_t launch_main_wg(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
-// one_tile: each item's keys as one 128-key tile (kernel "ws"); false: the
-// wg kernel's key tiles, bit-identical to it (kernel "ws_tiled").
-cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, bool one_tile);
+// kOneTile (kernel "ws"): each item's keys as one 128-key tile;
+// kOneTilePingPong ("ws_pingpong"): the same with the consumer warpgroups
+// taking turns to issue GEMMs (same bits); kTiled ("ws_tiled"): the wg kernel's
+// key tiles, bit-identical to it.
+enum class WsVariant { kTiled, kOneTile, kOneTilePingPong };
+cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, WsVariant variant);
 cudaError_t launch_combine(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream);
 
 }  // namespace msa::cuda::sparse_prefill

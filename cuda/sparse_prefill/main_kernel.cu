@@ -5,6 +5,9 @@
 //         (main_kernel_ws.cu: sm_90a, bf16 / fp16 K/V; it falls back to wg
 //         for fp8 K/V, on other GPUs and where its sm_90a code is absent),
 //         each item's keys as one 128-key tile;
+//   ws_pingpong  the same with the two consumer warpgroups taking turns to
+//         issue their GEMMs (FA3's ping-pong; same bits as ws; slower where
+//         measured: NOTES-sparse-prefill.md, session 6);
 //   ws_tiled  the same kernel with wg's key tiles (32 keys at D = 128, 64
 //         at D = 64): bit-identical to wg;
 //   wg    the wgmma instances (main_kernel_wg.cu; the mma.sync tile loop on
@@ -27,16 +30,17 @@ cudaError_t launch_main_sync(const SparsePrefillParams& p, const PassView& v, cu
 }
 
 namespace {
-enum class MainKernel { kWs, kWsTiled, kWg, kSync };
+enum class MainKernel { kWs, kWsPingPong, kWsTiled, kWg, kSync };
 
 MainKernel main_kernel_choice() {
   const char* k = std::getenv("MSA_JAX_SPARSE_PREFILL_KERNEL");
   if (k != nullptr && k[0] != '\0') {
     if (std::strcmp(k, "ws") == 0) return MainKernel::kWs;
+    if (std::strcmp(k, "ws_pingpong") == 0) return MainKernel::kWsPingPong;
     if (std::strcmp(k, "ws_tiled") == 0) return MainKernel::kWsTiled;
     if (std::strcmp(k, "wg") == 0) return MainKernel::kWg;
     if (std::strcmp(k, "sync") == 0) return MainKernel::kSync;
-    std::fprintf(stderr, "msa_jax: MSA_JAX_SPARSE_PREFILL_KERNEL=%s is not ws, ws_tiled, wg or sync; using ws\n", k);
+    std::fprintf(stderr, "msa_jax: MSA_JAX_SPARSE_PREFILL_KERNEL=%s is not ws, ws_pingpong, ws_tiled, wg or sync; using ws\n", k);
     return MainKernel::kWs;
   }
   const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_MMA_SYNC");
@@ -50,8 +54,9 @@ cudaError_t launch_main(const SparsePrefillParams& p, const PassView& v, cudaStr
   switch (choice) {
     case MainKernel::kSync: return launch_main_sync(p, v, stream);
     case MainKernel::kWg: return launch_main_wg(p, v, stream);
-    case MainKernel::kWsTiled: return launch_main_ws(p, v, stream, false);
-    default: return launch_main_ws(p, v, stream, true);
+    case MainKernel::kWsTiled: return launch_main_ws(p, v, stream, WsVariant::kTiled);
+    case MainKernel::kWsPingPong: return launch_main_ws(p, v, stream, WsVariant::kOneTilePingPong);
+    default: return launch_main_ws(p, v, stream, WsVariant::kOneTile);
   }
 }
 

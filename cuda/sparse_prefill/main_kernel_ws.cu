@@ -36,11 +36,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 // MSA_JAX_SPARSE_PREFILL_KV_TMA=0: K/V through cp.async only (A/B runs; the
 // same bytes land in shared memory, so the outputs are the same bits).
 bool kv_tma_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_KV_TMA");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
-  return on;
+  const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_KV_TMA");
+  return e == nullptr || std::strcmp(e, "0") != 0;
 }
 
 // The TMA maps of K and V for 128-key blocks (WsArgs' layout comment), in
@@ -84,14 +81,44 @@ bool encode_kv_maps(const SparsePrefillParams& p, WsArgs& wa) {
   return true;
 }
 
+// MSA_JAX_SPARSE_PREFILL_Q_TMA=0: Q rows through the cp.async gather only
+// (A/B runs; same bytes, same bits).
+bool q_tma_enabled() {
+  const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_Q_TMA");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
+// The TMA map of q [T, Hq, D] as T x Hq rows of D (WsArgs' comment): for
+// G >= 8 dividing 128 (whole 8-row swizzle periods per query), row
+// coordinates below 2^31.
 template <class Tr>
+bool encode_q_map(const SparsePrefillParams& p, WsArgs& wa) {
+  const int64_t G = p.q_heads / p.kv_heads, rows = p.tokens * p.q_heads;
+  if (Tr::kN != 128 || G < 8 || 128 % G != 0 || rows <= 0 || rows >= (int64_t(1) << 31) || !q_tma_enabled()) {
+    return false;
+  }
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const uint64_t es = sizeof(typename Tr::Elem);
+  const CUtensorMapDataType dtype =
+      std::is_same_v<typename Tr::Elem, cute::bfloat16_t> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const cuuint64_t dims[2] = {cuuint64_t(Tr::kD), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(Tr::kD) * es};
+  const cuuint32_t box[2] = {64, cuuint32_t(G)}, estr[2] = {1, 1};
+  return encode(&wa.q_map, dtype, 2, const_cast<void*>(p.q), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <class Tr, bool kPingPong>
 cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   using W = WsTraits<Tr>;
   if (v.work_items == 0) return cudaSuccess;
   WsArgs wa{};
   wa.a = main_launch::make_args(p, v);
   wa.kv_tma = encode_kv_maps<Tr>(p, wa) ? 1 : 0;
-  auto kernel = main_kernel_ws<Tr>;
+  wa.q_tma = encode_q_map<Tr>(p, wa) ? 1 : 0;
+  auto kernel = main_kernel_ws<Tr, kPingPong>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, W::kSmemBytes);
   if (err != cudaSuccess) return err;
   // One CTA per SM (~199 KB of shared memory at D = 128), grid-stride over
@@ -103,12 +130,22 @@ cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStrea
 
 // kKeysPerTile: 128 = one key tile per item (the default kernel); 0 = the
 // 256-thread kernels' key tiles (bit-identical to the wg kernel).
-template <class Elem, int kKeysPerTile>
+// kPingPong: the consumer warpgroups take turns issuing GEMMs (one-tile only).
+template <class Elem, int kKeysPerTile, bool kPingPong>
 cudaError_t launch_ws_d(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 64: return launch_ws<Traits<Elem, false, 64, kKeysPerTile>>(p, v, stream);
-    case 128: return launch_ws<Traits<Elem, false, 128, kKeysPerTile>>(p, v, stream);
+    case 64: return launch_ws<Traits<Elem, false, 64, kKeysPerTile>, kPingPong>(p, v, stream);
+    case 128: return launch_ws<Traits<Elem, false, 128, kKeysPerTile>, kPingPong>(p, v, stream);
     default: return cudaErrorInvalidValue;
+  }
+}
+
+template <class Elem>
+cudaError_t launch_ws_e(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, WsVariant variant) {
+  switch (variant) {
+    case WsVariant::kTiled: return launch_ws_d<Elem, 0, false>(p, v, stream);
+    case WsVariant::kOneTile: return launch_ws_d<Elem, 128, false>(p, v, stream);
+    default: return launch_ws_d<Elem, 128, true>(p, v, stream);
   }
 }
 
@@ -127,7 +164,7 @@ bool ws_runnable() {
             minor == 0;
   if (ok) {
     cudaFuncAttributes attr{};
-    ok = cudaFuncGetAttributes(&attr, main_kernel_ws<Traits<cute::bfloat16_t, false, 128>>) == cudaSuccess &&
+    ok = cudaFuncGetAttributes(&attr, main_kernel_ws<Traits<cute::bfloat16_t, false, 128>, false>) == cudaSuccess &&
          attr.ptxVersion == 90 && attr.binaryVersion == 90;
   }
   if (dev >= 0 && dev < 64) cache[dev].store(ok ? 1 : 2, std::memory_order_relaxed);
@@ -136,12 +173,10 @@ bool ws_runnable() {
 
 }  // namespace
 
-cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, bool one_tile) {
+cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, WsVariant variant) {
   if (p.kv_type == ElemType::kFP8E4M3 || !ws_runnable()) return launch_main_wg(p, v, stream);
-  if (p.q_type == ElemType::kBF16) {
-    return one_tile ? launch_ws_d<cute::bfloat16_t, 128>(p, v, stream) : launch_ws_d<cute::bfloat16_t, 0>(p, v, stream);
-  }
-  return one_tile ? launch_ws_d<cute::half_t, 128>(p, v, stream) : launch_ws_d<cute::half_t, 0>(p, v, stream);
+  if (p.q_type == ElemType::kBF16) return launch_ws_e<cute::bfloat16_t>(p, v, stream, variant);
+  return launch_ws_e<cute::half_t>(p, v, stream, variant);
 }
 
 }  // namespace msa::cuda::sparse_prefill
