@@ -499,18 +499,16 @@ def test_ws_one_tile_kernel(tmp_path_factory):
         _compare_bitwise([x for pair in _tile_loop_outputs() for x in pair], ws, "default vs ws")
 
 
-@pytest.mark.parametrize("env_var", ["MSA_JAX_SPARSE_PREFILL_KV_TMA", "MSA_JAX_SPARSE_PREFILL_Q_TMA"])
-def test_ws_tma_bitwise(tmp_path_factory, env_var):
-    """The default kernel copies full 128-key K/V blocks with the TMA (dense and paged maps; partial
-    blocks, e.g. a sequence's last or 64-key blocks, with cp.async) and, for G >= 8, each query's
-    G rows of Q with the TMA (padding queries read zeros from outside the map); KV_TMA=0 / Q_TMA=0
-    turn either back to cp.async. The same bytes reach shared memory either way, so the outputs
-    must be the same bits, over the cases of test_tile_loops_bitwise (dense and paged, D = 64 /
-    128, bf16 / fp16, G = 1, 4, 8, 16, partial last blocks; the fp8 case runs wg in every run)."""
+def test_ws_kv_tma_bitwise(tmp_path_factory):
+    """The default kernel copies full 128-key K/V blocks with the TMA (dense and paged maps) and
+    partial blocks (a sequence's last, 64-key blocks) with cp.async; MSA_JAX_SPARSE_PREFILL_KV_TMA=0
+    copies every block with cp.async. The same bytes reach shared memory either way, so the
+    outputs must be the same bits, over the cases of test_tile_loops_bitwise (dense and paged,
+    D = 64 / 128, bf16 / fp16, G = 1-16, partial last blocks; the fp8 case runs wg in both)."""
     gpu_device()
     tma = _kernel_outputs(tmp_path_factory, "ws", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws")
-    cp = _kernel_outputs(tmp_path_factory, "ws_" + env_var.lower(), env_var, "0")
-    _compare_bitwise(tma, cp, f"TMA vs {env_var}=0")
+    cp = _kernel_outputs(tmp_path_factory, "ws_cp_async", "MSA_JAX_SPARSE_PREFILL_KV_TMA", "0")
+    _compare_bitwise(tma, cp, "K/V by TMA vs by cp.async")
 
 
 def test_ws_ping_pong_bitwise(tmp_path_factory):

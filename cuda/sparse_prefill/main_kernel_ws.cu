@@ -81,35 +81,6 @@ bool encode_kv_maps(const SparsePrefillParams& p, WsArgs& wa) {
   return true;
 }
 
-// MSA_JAX_SPARSE_PREFILL_Q_TMA=0: Q rows through the cp.async gather only
-// (A/B runs; same bytes, same bits).
-bool q_tma_enabled() {
-  const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_Q_TMA");
-  return e == nullptr || std::strcmp(e, "0") != 0;
-}
-
-// The TMA map of q [T, Hq, D] as T x Hq rows of D (WsArgs' comment): for
-// G >= 8 dividing 128 (whole 8-row swizzle periods per query), row
-// coordinates below 2^31.
-template <class Tr>
-bool encode_q_map(const SparsePrefillParams& p, WsArgs& wa) {
-  const int64_t G = p.q_heads / p.kv_heads, rows = p.tokens * p.q_heads;
-  if (Tr::kN != 128 || G < 8 || 128 % G != 0 || rows <= 0 || rows >= (int64_t(1) << 31) || !q_tma_enabled()) {
-    return false;
-  }
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr) return false;
-  const uint64_t es = sizeof(typename Tr::Elem);
-  const CUtensorMapDataType dtype =
-      std::is_same_v<typename Tr::Elem, cute::bfloat16_t> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const cuuint64_t dims[2] = {cuuint64_t(Tr::kD), cuuint64_t(rows)};
-  const cuuint64_t strides[1] = {cuuint64_t(Tr::kD) * es};
-  const cuuint32_t box[2] = {64, cuuint32_t(G)}, estr[2] = {1, 1};
-  return encode(&wa.q_map, dtype, 2, const_cast<void*>(p.q), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 template <class Tr, bool kPingPong>
 cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   using W = WsTraits<Tr>;
@@ -117,7 +88,6 @@ cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStrea
   WsArgs wa{};
   wa.a = main_launch::make_args(p, v);
   wa.kv_tma = encode_kv_maps<Tr>(p, wa) ? 1 : 0;
-  wa.q_tma = encode_q_map<Tr>(p, wa) ? 1 : 0;
   auto kernel = main_kernel_ws<Tr, kPingPong>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, W::kSmemBytes);
   if (err != cudaSuccess) return err;

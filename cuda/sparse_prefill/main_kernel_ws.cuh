@@ -68,21 +68,17 @@
 
 namespace msa::cuda::sparse_prefill {
 
-// The warp-specialized kernel's arguments: main_kernel's, plus TMA
-// descriptors (encoded on the host per launch, main_kernel_ws.cu) in the
-// 128-byte swizzle of Traits' layouts (64-column panels):
-//   kv_tma: K and V of 128-key blocks, kD / 64 boxes of 64 columns x 128 keys.
-//     Dense K [Tk, Hkv, D]: a 3-d map (D, Hkv, Tk), box (64, 1, 128); paged
-//     [pages, Hkv, 128, D]: a 4-d map (D, 128, Hkv, pages), box (64, 128, 1, 1).
-//   q_tma (G >= 8, G | 128): the item's Q rows, one box of 64 columns x G
-//     heads per query and panel, from a 2-d map (D, T x Hq) of q [T, Hq, D]:
-//     query p's G rows start at MMA row p G, a multiple of 8, so each box
-//     starts on a swizzle period.
+// The warp-specialized kernel's arguments: main_kernel's, plus the TMA
+// descriptors of K and V (encoded on the host per launch, main_kernel_ws.cu)
+// when kv_tma: 128-key blocks, copied as kD / 64 boxes of 64 columns x 128
+// keys in the 128-byte swizzle of Traits' K/V layout. Dense K [Tk, Hkv, D]:
+// a 3-d map (D, Hkv, Tk), box (64, 1, 128); paged [pages, Hkv, 128, D]: a
+// 4-d map (D, 128, Hkv, pages), box (64, 128, 1, 1). (Q stays a cp.async
+// gather: a TMA box of G rows per query measured slower, NOTES, session 6.)
 struct WsArgs {
-  CUtensorMap k_map, v_map, q_map;
+  CUtensorMap k_map, v_map;
   MainArgs a;
-  int kv_tma;  // 1: full 128-key blocks through k_map / v_map, 0: all cp.async
-  int q_tma;   // 1: Q rows through q_map, 0: cp.async gather
+  int kv_tma;  // 1: full 128-key blocks through the maps, 0: all cp.async
 };
 
 template <class Tr>
@@ -200,23 +196,6 @@ __device__ __forceinline__ void pass_turn(uint32_t cg) {
   cutlass::arch::NamedBarrier::arrive(2 * 128, cg ^ 1u);
 }
 
-// One query's G rows of the item's Q tile through the TMA (q_tma): qoff, the
-// byte offset of its first row (head g G) in q, or < 0 for a padding query,
-// whose rows are then read from row -G of the map: outside the tensor, so
-// zeros (the TMA completes the box's bytes all the same).
-template <class Tr>
-__device__ __forceinline__ void tma_q_rows(const CUtensorMap* map, uint64_t* bar, typename Tr::Elem* q_tile,
-                                           int64_t qoff, int row0, int group) {
-  constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-  constexpr int kRowBytes = Tr::kD * int(sizeof(typename Tr::Elem));
-  const int32_t row = qoff >= 0 ? int32_t(qoff / kRowBytes) : -group;  // t Hq + g G (< 2^31: host check)
-#pragma unroll
-  for (int c = 0; c < Tr::kD / 64; ++c) {
-    cute::SM90_TMA_LOAD_2D::copy(map, bar, kHint, q_tile + swz_off<Tr::kM>(uint32_t(row0), uint32_t(64 * c)), 64 * c,
-                                 row);
-  }
-}
-
 // ---- Producer (warpgroup 0, pt = threadIdx.x in [0, 128)). Each producer
 // thread does the copies of main_kernel's threads pt and pt + 128 (load_kv_cp,
 // gather_q_t: their index maps, checked on the host for 256 threads), and the
@@ -252,9 +231,7 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
   // zero-filled (stale shared memory could hold NaN bit patterns: 0 * NaN).
   const bool full128 = Tr::kN == 128 || p.block_size > 64;
   const bool kv_tma = Tr::kN == 128 && wa.kv_tma != 0;
-  const bool q_tma = Tr::kN == 128 && wa.q_tma != 0;
   constexpr uint32_t kKvTileBytes = 128 * Tr::kD * uint32_t(sizeof(Elem));
-  constexpr uint32_t kQTileBytes = uint32_t(Tr::kM) * Tr::kD * uint32_t(sizeof(Elem));
   // Lanes 20, 21 of each warp: the 32-byte descriptor of item i + 2 (two
   // 16-byte copies into the warp's slot).
   auto fetch_desc = [&](int64_t item, int slot) {
@@ -296,27 +273,19 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     // The consumers are done with stage s (item i - 2: its Q rows, K and V),
     // so full_kq[s] / full_v[s] are in item i's phase.
     Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
-    // full_kq[s]: thread 0 announces the TMA bytes (Q and / or K) with its
-    // arrival, the others arrive plainly (releasing the RowSetup stores);
-    // full_v[s] for a TMA block: thread 0 announces V, the others arrive.
-    const uint32_t kq_tx = (q_tma ? kQTileBytes : 0u) + (tma_item ? kKvTileBytes : 0u);
-    if (pt == 0 && kq_tx != 0) {
-      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullKQ + s), kq_tx);
-    } else {
-      Bar::arrive(sm.bar(W::kFullKQ + s));
-    }
     if (tma_item) {
       if (pt == 0) {
         const int32_t crd = p.paged ? m.hdr[0][kHdrKv] : int32_t(m.hdr[0][kHdrKv] + kv.key0);
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullKQ + s), kKvTileBytes);
         tma_kv_block<Tr>(&wa.k_map, sm.bar(W::kFullKQ + s), sm.k(s), p.paged, it.g, crd);
         cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullV + s), kKvTileBytes);
         tma_kv_block<Tr>(&wa.v_map, sm.bar(W::kFullV + s), sm.v(s), p.paged, it.g, crd);
       } else {
+        Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
         Bar::arrive(sm.bar(W::kFullV + s));
       }
-    }
-    if (q_tma && pt * a.group < Tr::kM) {  // query pt of the item: its G rows from MMA row pt G
-      tma_q_rows<Tr>(&wa.q_map, sm.bar(W::kFullKQ + s), sm.q(s), rows.qoff[pt * a.group], pt * a.group, a.group);
+    } else {
+      Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
     }
     // The next item's metadata (into the other ItemMeta: its last readers, the
     // row setup and item_kv of item i - 1, ran in this warp in the previous
@@ -332,10 +301,8 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     }
     cute::cp_async_fence();  // group: metadata
     // Q first (the gathers are the copies most likely to miss L2), then K.
-    if (!q_tma) {
-      gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
-      gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
-    }
+    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
+    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
     if (!tma_item) {
       const uint8_t* ksrc = static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt));
@@ -459,10 +426,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     float row_lse[2];
     softmax_finalize(row_max, row_sum, a.out_scale, row_lse);  // row_sum: now the O scale
     epilogue<Tr>(acc_o, row_sum, row_lse, q_smem, rows.out, v, int(threadIdx.x) - 128, w, a.zero);
-    // This warp is done with stage s (its Q rows, K, V, the RowSetup). The
-    // epilogue's generic-proxy accesses to the Q rows come before the
-    // producer's next TMA writes there (async proxy): each lane fences.
-    if constexpr (kN == 128) fence_proxy_async_smem();
+    // This warp is done with stage s (its Q rows, K, V, the RowSetup).
     __syncwarp();
     if ((threadIdx.x & 31) == 0) Bar::arrive(sm.bar(W::kEmpty + s));
   }
@@ -498,12 +462,9 @@ __global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(cons
   const uint32_t wg = __reduce_max_sync(0xffffffffu, uint32_t(threadIdx.x >> 7));
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<W::kProducerRegs>();
-    if (Tr::kN == 128 && threadIdx.x == 0) {
-      if (wa.kv_tma != 0) {
-        cute::prefetch_tma_descriptor(&wa.k_map);
-        cute::prefetch_tma_descriptor(&wa.v_map);
-      }
-      if (wa.q_tma != 0) cute::prefetch_tma_descriptor(&wa.q_map);
+    if (Tr::kN == 128 && wa.kv_tma != 0 && threadIdx.x == 0) {
+      cute::prefetch_tma_descriptor(&wa.k_map);
+      cute::prefetch_tma_descriptor(&wa.v_map);
     }
     ws_detail::producer<Tr>(wa, sm, num_work, stride);
   } else {

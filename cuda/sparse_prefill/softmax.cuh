@@ -23,8 +23,8 @@ __host__ __device__ constexpr int frag_idx(int h, int vv, int j) { return 4 * j 
 // Online softmax of tile n (kN keys) of S in acc_s, for the thread's two rows
 // (h = 0: 16 w + lane / 4, h = 1: + 8) with running row_max / row_sum (log2
 // domain of the scaled scores; row_sum: this thread's columns only, the quad
-// sum is in softmax_finalize): scale (scale_log2), mask (`masked`: only tiles
-// past the leading full ones), row max over the quad, P = exp2(S - m) -> rP
+// sum is in softmax_finalize): mask (`masked`: only tiles past the leading
+// full ones), row max over the quad, P = exp2(S scale_log2 - m) -> rP
 // (Elem), row sums, O *= corr. kFirst: tile 0, where O is not live yet (it is
 // zero, and corr is 0: the rescale is skipped, not computed). row_vis: the
 // item's visible keys per MMA row (RowSetup::vis); tid: the thread's index
@@ -41,8 +41,18 @@ __device__ __forceinline__ void online_softmax_step(AccS& acc_s, AccP& rP, AccO&
   constexpr int kMmaN = kN / 8;  // n-atoms of the tile per thread
   constexpr int kOAtoms = decltype(cute::size(acc_o))::value / 4;
   static_assert(decltype(cute::size(acc_s))::value == 4 * kMmaN, "S holds the tile's kN columns");
+  static_assert(kMmaN % 2 == 0, "two interleaved max chains per row");
+  // Scaled scores x = S sc: for sc > 0 (the usual case) the max is taken on
+  // the raw S and scaled once (rounding is monotone, so fl(sc max S) is the
+  // max of fl(sc S)), and P = exp2(fma(S, sc, -m)): one FFMA per score
+  // instead of a multiply and a subtract. Any other scale multiplies S first
+  // and continues with sc = 1.
+  float sc = scale_log2;
+  if (!(sc > 0.0f)) {
 #pragma unroll
-  for (int i = 0; i < cute::size(acc_s); ++i) acc_s(i) *= scale_log2;
+    for (int i = 0; i < cute::size(acc_s); ++i) acc_s(i) *= sc;
+    sc = 1.0f;
+  }
   if (masked) {
     // Column 8 j + 2 (lane % 4) + vv of the tile is visible iff it is
     // below vis - n kN; compared as 8 j + vv < that - 2 (lane % 4). The
@@ -65,14 +75,20 @@ __device__ __forceinline__ void online_softmax_step(AccS& acc_s, AccP& rP, AccO&
   }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float mx = row_max[h];
+    // Row max of the raw scores: two chains (even / odd n-atoms), exact.
+    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kMmaN; ++j) {
+    for (int j = 0; j < kMmaN; j += 2) {
 #pragma unroll
-      for (int vv = 0; vv < 2; ++vv) mx = fmaxf(mx, acc_s(frag_idx(h, vv, j)));
+      for (int vv = 0; vv < 2; ++vv) {
+        mx0 = fmaxf(mx0, acc_s(frag_idx(h, vv, j)));
+        mx1 = fmaxf(mx1, acc_s(frag_idx(h, vv, j + 1)));
+      }
     }
+    float mx = fmaxf(mx0, mx1);
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx = fmaxf(row_max[h], mx * sc);
     const float m_use = mx == -INFINITY ? 0.0f : mx;
     const float corr = exp2f(row_max[h] - m_use);  // row_max = -inf -> 0
     row_max[h] = mx;
@@ -81,7 +97,7 @@ __device__ __forceinline__ void online_softmax_step(AccS& acc_s, AccP& rP, AccO&
     for (int j = 0; j < kMmaN; ++j) {
 #pragma unroll
       for (int vv = 0; vv < 2; ++vv) {
-        const float pe = exp2f(acc_s(frag_idx(h, vv, j)) - m_use);
+        const float pe = exp2f(fmaf(acc_s(frag_idx(h, vv, j)), sc, -m_use));
         rP(frag_idx(h, vv, j)) = Elem(pe);
         sum += pe;
       }
