@@ -81,12 +81,6 @@ bool encode_kv_maps(const SparsePrefillParams& p, WsArgs& wa) {
   return true;
 }
 
-// MSA_JAX_SPARSE_PREFILL_Q_PREFETCH=0: no L2 prefetch of the Q rows (A/B).
-bool q_prefetch_enabled() {
-  const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_Q_PREFETCH");
-  return e == nullptr || std::strcmp(e, "0") != 0;
-}
-
 template <class Tr, bool kPingPong>
 cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   using W = WsTraits<Tr>;
@@ -94,7 +88,6 @@ cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStrea
   WsArgs wa{};
   wa.a = main_launch::make_args(p, v);
   wa.kv_tma = encode_kv_maps<Tr>(p, wa) ? 1 : 0;
-  wa.q_prefetch = Tr::kN == 128 && q_prefetch_enabled() ? 1 : 0;
   auto kernel = main_kernel_ws<Tr, kPingPong>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, W::kSmemBytes);
   if (err != cudaSuccess) return err;

@@ -78,8 +78,7 @@ namespace msa::cuda::sparse_prefill {
 struct WsArgs {
   CUtensorMap k_map, v_map;
   MainArgs a;
-  int kv_tma;      // 1: full 128-key blocks through the maps, 0: all cp.async
-  int q_prefetch;  // 1: each query's G rows prefetched to L2 before the stage is free
+  int kv_tma;  // 1: full 128-key blocks through the maps, 0: all cp.async
 };
 
 template <class Tr>
@@ -232,7 +231,6 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
   // zero-filled (stale shared memory could hold NaN bit patterns: 0 * NaN).
   const bool full128 = Tr::kN == 128 || p.block_size > 64;
   const bool kv_tma = Tr::kN == 128 && wa.kv_tma != 0;
-  const bool q_pf = Tr::kN == 128 && wa.q_prefetch != 0;
   constexpr uint32_t kKvTileBytes = 128 * Tr::kD * uint32_t(sizeof(Elem));
   // Lanes 20, 21 of each warp: the 32-byte descriptor of item i + 2 (two
   // 16-byte copies into the warp's slot).
@@ -272,16 +270,6 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     const ItemKV kv = item_kv<Tr>(p, it, m.hdr[warp]);
     const bool tma_item = kv_tma && kv.nvalid == 128;  // the same in every producer thread
     producer_sync();  // every row's qoff written (read across warps by the gather)
-    // q_prefetch: while the stage is still busy, thread pt starts query pt's
-    // G rows (G x D x 2 contiguous bytes) towards L2, so that the gather
-    // after the empty wait finds them there.
-    if (q_pf && pt * a.group < Tr::kM) {
-      const int64_t qo = rows.qoff[pt * a.group];
-      if (qo >= 0) {
-        cute::SM90_BULK_COPY_G2S::PREFETCH::copy(static_cast<const uint8_t*>(p.q) + qo,
-                                                 a.group * Tr::kD * int(sizeof(Elem)));
-      }
-    }
     // The consumers are done with stage s (item i - 2: its Q rows, K and V),
     // so full_kq[s] / full_v[s] are in item i's phase.
     Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
