@@ -52,8 +52,8 @@
 //                [group] -> arrive.noinc full_v[s] (full_kq: 256 arrivals,
 //                full_v: 128).
 //     consumer:  wait full_kq[s], proxy fence -> ... -> wait full_v[s], proxy
-//                fence -> ... -> epilogue -> __syncwarp -> lane 0 arrive
-//                empty[s] (8 arrivals).
+//                fence -> ... -> epilogue -> every consumer thread arrives
+//                on empty[s] (256 arrivals).
 //   Producer-only data (ItemMeta[2], the descriptor in registers) never
 //   needs a consumer barrier.
 #pragma once
@@ -119,10 +119,10 @@ struct WsTraits {
   // row setup (releasing the RowSetup stores) and once through
   // cp.async.mbarrier.arrive.noinc when its Q and K copies land; full_v: each
   // producer thread once, the same way, when its V copies land; empty: one
-  // per consumer warp.
+  // per consumer thread.
   static constexpr int kFullKQArrivals = 2 * kProducerThreads;
   static constexpr int kFullVArrivals = kProducerThreads;
-  static constexpr int kEmptyArrivals = kConsumerThreads / 32;
+  static constexpr int kEmptyArrivals = kConsumerThreads;
 };
 
 #if MSA_SP_WGMMA
@@ -426,9 +426,11 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     float row_lse[2];
     softmax_finalize(row_max, row_sum, a.out_scale, row_lse);  // row_sum: now the O scale
     epilogue<Tr>(acc_o, row_sum, row_lse, q_smem, rows.out, v, int(threadIdx.x) - 128, w, a.zero);
-    // This warp is done with stage s (its Q rows, K, V, the RowSetup).
-    __syncwarp();
-    if ((threadIdx.x & 31) == 0) Bar::arrive(sm.bar(W::kEmpty + s));
+    // This thread is done with stage s (its Q rows, K, V, the RowSetup): each
+    // consumer thread arrives (its own reads released by its own arrive;
+    // one arrive per warp after __syncwarp left racecheck reporting the
+    // other lanes' epilogue reads against the next copies, session 6).
+    Bar::arrive(sm.bar(W::kEmpty + s));
   }
 }
 
