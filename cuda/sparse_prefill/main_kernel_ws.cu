@@ -63,7 +63,7 @@ bool encode_kv_maps(const SparsePrefillParams& p, WsArgs& wa) {
     strides[0] = D * es, strides[1] = 128 * D * es, strides[2] = Hkv * 128 * D * es;
     box[0] = 64, box[1] = 128, box[2] = 1, box[3] = 1;
   } else {
-    if (p.dense_rows <= 0) return false;
+    if (p.dense_rows <= 0 || p.dense_rows >= (int64_t(1) << 31)) return false;  // int32 row coordinates
     rank = 3;
     dims[0] = D, dims[1] = Hkv, dims[2] = uint64_t(p.dense_rows);
     strides[0] = D * es, strides[1] = Hkv * D * es;

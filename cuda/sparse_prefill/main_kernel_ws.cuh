@@ -8,23 +8,25 @@
 //   1 CTA per SM, 384 threads:
 //   * warpgroup 0 = producer (setmaxnreg.dec to kProducerRegs). Per item: the
 //     row setup (row_setup of main_kernel.cuh, into RowSetup i % 3, before the
-//     stage is free), then cp.async (16-byte, L2 only, zero-fill for rows past nvalid and for
-//     padding rows) of the gathered Q rows, K and V into the stage's smem.
-//     The producer never waits for these copies: each thread's
-//     cp.async.mbarrier.arrive.noinc makes full_kq[s] (Q + K) and full_v[s]
-//     (V) complete when its copies land (plus one plain arrive on full_kq[s]
-//     for the RowSetup stores), so it sets up and issues item i + 1 while
-//     item i's copies are in flight. The next item's descriptor
-//     (a global load) and metadata (fetch_meta's 4-byte cp.asyncs, into a
-//     producer-only double buffer) are fetched one item ahead, so that the
-//     producer's chain work -> meta -> row setup -> Q gather is off the
-//     consumers' path.
+//     stage is free), then the copies into the stage's smem: the gathered Q
+//     rows by cp.async (16-byte, L2 only, zero-fill for padding rows); a full
+//     128-key K/V block by the TMA (kv_tma, WsArgs; thread 0 issues it and
+//     arrive_and_expect_tx's its bytes), any other block by cp.async with
+//     zero-fill past nvalid. The producer never waits for its copies: each
+//     thread's cp.async.mbarrier.arrive.noinc makes full_kq[s] (Q + K) and
+//     full_v[s] (V) complete when its copies land (plus one plain arrive on
+//     full_kq[s] for the RowSetup stores), so it sets up and issues item
+//     i + 1 while item i's copies are in flight. The next item's metadata
+//     (fetch_meta's 4-byte cp.asyncs, into a producer-only double buffer) is
+//     fetched one item ahead and the descriptor of the item after it two
+//     ahead (cp.async into a per-warp slot), so that the producer's chain
+//     work -> meta -> row setup -> Q gather is off the consumers' path.
 //   * warpgroups 1, 2 = consumers (setmaxnreg.inc to kConsumerRegs), MMA rows
 //     [0, 64) and [64, 128) of the item (the wgmma path of main_kernel, with
 //     the consumer thread index ct = threadIdx.x - 128 in place of
 //     threadIdx.x): wait full_kq[s]; S(0) + softmax(0); wait full_v[s]; the
 //     tile loop; the epilogue (O staged through the warpgroup's own Q rows of
-//     the stage); per warp one arrive on empty[s].
+//     the stage); each consumer thread arrives on empty[s].
 //   * 2 stages of Q + K + V (Traits::kSmemBytes each: 96 KB at D = 128, 48 KB
 //     at D = 64), 3 RowSetups, 2 ItemMetas, 6 mbarriers: ~201 KB at D = 128.
 //
@@ -50,12 +52,14 @@
 //                next item's metadata copies -> [group] -> Q copies -> K
 //                copies -> [group] -> arrive.noinc full_kq[s] -> V copies ->
 //                [group] -> arrive.noinc full_v[s] (full_kq: 256 arrivals,
-//                full_v: 128).
+//                full_v: 128). A TMA block: thread 0's arrive on full_kq[s]
+//                and full_v[s] carries the expected bytes, the K/V copies
+//                are its TMA, the other threads arrive plainly on full_v[s].
 //     consumer:  wait full_kq[s], proxy fence -> ... -> wait full_v[s], proxy
 //                fence -> ... -> epilogue -> every consumer thread arrives
 //                on empty[s] (256 arrivals).
-//   Producer-only data (ItemMeta[2], the descriptor in registers) never
-//   needs a consumer barrier.
+//   Producer-only data (ItemMeta[2], the descriptor slots) never needs a
+//   consumer barrier.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
