@@ -648,6 +648,38 @@ __device__ __forceinline__ void gather_q(const void* q, const int64_t* s_qoff, t
   gather_q_t<Tr>(q, s_qoff, q_smem, threadIdx.x + opaque_zero());
 }
 
+// The key-tile driver of one item, shared by main_kernel and the ws
+// consumers (what differs between them is in the callables): the first tile
+// (its S overlapping the V copy), or no_tile() for a warp / warpgroup
+// without one; wait_v() until V is visible; the first P V (run even without
+// a tile: P = 0 and V = 0 there give O = +0); then two copies of the tile
+// loop, the tiles that need no mask (all of them unless the block is cut by
+// the causal diagonal or by nvalid), then the rest, so that the common loop
+// carries no select or compare per element.
+template <class SGemm, class Softmax, class PV, class NoTile, class WaitV>
+__device__ __forceinline__ void item_tiles(int tiles, int full_tiles, SGemm&& s_gemm, Softmax&& softmax, PV&& pv,
+                                           NoTile&& no_tile, WaitV&& wait_v) {
+  if (tiles > 0) {
+    s_gemm(0);
+    softmax(0, std::true_type{}, full_tiles == 0);
+  } else {
+    no_tile();
+  }
+  wait_v();
+  pv(0, false);
+  int n = 1;
+  for (; n < tiles && n < full_tiles; ++n) {
+    s_gemm(n);
+    softmax(n, std::false_type{}, false);
+    pv(n, true);
+  }
+  for (; n < tiles; ++n) {
+    s_gemm(n);
+    softmax(n, std::false_type{}, true);
+    pv(n, true);
+  }
+}
+
 // kWg: the sm_90a wgmma tile loop (per-warpgroup tile counts); false, or any
 // target other than sm_90a: the mma.sync tile loop (per-warp tile counts).
 // Both instances exist so that the host can select the mma.sync one
@@ -864,35 +896,18 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
     }
     const int tiles = int((vis_max + kN - 1) / kN), full_tiles = int(vis_min / kN);
 
-    if (tiles > 0) {
-      s_gemm(0);  // overlaps the V copy
-      softmax(0, std::true_type{}, full_tiles == 0);
-    } else {
-      // A warp (warpgroup) with no tile holds padding rows and rows with
-      // nvalid = 0 (a valid row sees >= 1 key of a block it selected, csr
-      // mark): P = 0 and V = 0 there, so the unconditional first P V below
-      // gives O = +0, as before. (Running it costs such warps one tile of P V;
-      // branching around it made the compiler materialise 64 zeros for O on
-      // every item.)
-      clear(rP);
-    }
-    cute::cp_async_wait<1>();  // V landed (the metadata group may be in flight)
-    publish_smem();
-    pv(0, false);
-    // Two copies of the tile loop: the tiles that need no mask (all of them
-    // unless the block is cut by the causal diagonal or by nvalid), then the
-    // rest, so the common loop carries no select or compare per element.
-    int n = 1;
-    for (; n < tiles && n < full_tiles; ++n) {
-      s_gemm(n);
-      softmax(n, std::false_type{}, false);
-      pv(n, true);
-    }
-    for (; n < tiles; ++n) {
-      s_gemm(n);
-      softmax(n, std::false_type{}, true);
-      pv(n, true);
-    }
+    // A warp (warpgroup) with no tile holds padding rows and rows with
+    // nvalid = 0 (a valid row sees >= 1 key of a block it selected, csr
+    // mark): P = 0 and V = 0 there, so the unconditional first P V gives
+    // O = +0, as before. (Running it costs such warps one tile of P V;
+    // branching around it made the compiler materialise 64 zeros for O on
+    // every item.)
+    item_tiles(
+        tiles, full_tiles, s_gemm, softmax, pv, [&] { clear(rP); },
+        [&] {
+          cute::cp_async_wait<1>();  // V landed (the metadata group may be in flight)
+          publish_smem();
+        });
 #if MSA_SP_WGMMA
     if constexpr (kUseWg) {
       cute::warpgroup_wait<0>();  // the last P V

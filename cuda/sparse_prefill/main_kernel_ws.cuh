@@ -396,30 +396,20 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     wg_vis_range(rows, cg, vis_max, vis_min);
     const int tiles = int((vis_max + kN - 1) / kN), full_tiles = int(vis_min / kN);
 
-    if (tiles > 0) {
-      s_gemm(0);  // overlaps the V copy
-      softmax(0, std::true_type{}, full_tiles == 0);
-    } else {
-      clear(rP);  // padding / no-key rows: P = 0, O = +0 (as main_kernel)
-      if constexpr (kPingPong) {  // the S turn, without a GEMM
-        wait_turn(cg);
-        pass_turn(cg);
-      }
-    }
-    Bar::wait(sm.bar(W::kFullV + s), parity);
-    fence_proxy_async_smem();
-    pv(0, false);
-    int n = 1;
-    for (; n < tiles && n < full_tiles; ++n) {
-      s_gemm(n);
-      softmax(n, std::false_type{}, false);
-      pv(n, true);
-    }
-    for (; n < tiles; ++n) {
-      s_gemm(n);
-      softmax(n, std::false_type{}, true);
-      pv(n, true);
-    }
+    // (main_kernel.cuh's driver; a warpgroup without a tile: P = 0, O = +0.)
+    item_tiles(
+        tiles, full_tiles, s_gemm, softmax, pv,
+        [&] {
+          clear(rP);
+          if constexpr (kPingPong) {  // the S turn, without a GEMM
+            wait_turn(cg);
+            pass_turn(cg);
+          }
+        },
+        [&] {
+          Bar::wait(sm.bar(W::kFullV + s), parity);
+          fence_proxy_async_smem();
+        });
     cute::warpgroup_wait<0>();  // the last P V
     wg_fence_regs(acc_o);
 
