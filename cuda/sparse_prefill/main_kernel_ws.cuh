@@ -216,7 +216,8 @@ __device__ __forceinline__ void row_setup_row(const MainArgs& a, const WorkItem&
       }
     }
   }
-  rows.qoff[pt] = qoff;
+  // (q < 2^35 bytes, checked on the host: the offset in 16-byte units fits 31 bits.)
+  rows.qsrc[pt] = qoff >= 0 ? uint32_t(qoff >> 4) : 0x80000000u;
   rows.out[pt] = out;
   rows.vis[pt] = vis;
   // Per 16-row half of the warp: the other half contributes the neutral
@@ -232,6 +233,33 @@ __device__ __forceinline__ void row_setup_row(const MainArgs& a, const WorkItem&
     rows.vis_max[2 * w + 1] = max_hi;
     rows.vis_min[2 * w] = min_lo;
     rows.vis_min[2 * w + 1] = min_hi;
+  }
+}
+
+// The item's 128 Q rows -> shared memory (SmemLayoutQ), for the producer's
+// "threads" t = pt and pt + 128: gather_q_t's copies, from RowSetup::qsrc
+// (one 32-bit load, a mask, a wide multiply-add and the sign test per copy,
+// against a 64-bit load, a 64-bit add and two selects from qoff; a padding
+// row's offset is 0, a valid address, and its sign bit zero-fills).
+template <class Tr>
+__device__ __forceinline__ void gather_q_ws(const void* q, const uint32_t* s_qsrc, typename Tr::Elem* q_smem,
+                                            uint32_t t) {
+  constexpr int kCpr = Tr::kCpr, kStep = Tr::kRowStep;
+  static_assert(kStep % 8 == 0, "row step must keep the swizzle phase");
+  const uint32_t cc = t % kCpr, r0 = t / kCpr;
+  typename Tr::Elem* d = q_smem + swz_off<Tr::kM>(r0, cc * 8);
+  const uint8_t* s = static_cast<const uint8_t*>(q) + cc * 16;
+  constexpr int kRows = Tr::kM / kStep;
+  uint32_t src[kRows];  // all first: the copies then issue back to back
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) src[i] = s_qsrc[r0 + i * kStep];
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    // s + 16 (src & 0x7fffffff) as one wide multiply-add (written in C++, the
+    // 64-bit product was split into shifts and masks: 7 instructions a copy).
+    uint64_t a;
+    asm("mad.wide.u32 %0, %1, 16, %2;" : "=l"(a) : "r"(src[i] & 0x7fffffffu), "l"(s));
+    cp_async_16(d + i * kStep * 64, reinterpret_cast<const void*>(a), int(src[i]));
   }
 }
 
@@ -376,8 +404,8 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     }
     cute::cp_async_fence();  // group: metadata
     // Q first (the gathers are the copies most likely to miss L2), then K.
-    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
-    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
+    gather_q_ws<Tr>(p.q, rows.qsrc, sm.q(s), uint32_t(pt));
+    gather_q_ws<Tr>(p.q, rows.qsrc, sm.q(s), uint32_t(pt + 128));
     if (!tma_item) {
       const uint8_t* ksrc = static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt));
