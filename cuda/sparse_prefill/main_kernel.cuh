@@ -293,6 +293,10 @@ struct RowSetup {
   int32_t vis[kSparsePrefillRows];   // visible keys of the row from the block start, -1: padding
   uint32_t vis_max[8];               // warp w's rows: max(vis, 0)
   uint32_t vis_min[8];               // min(vis, 128), padding (-1) counting as 128
+  // The warp-specialized kernel's producer gathers Q from these instead of
+  // qoff (main_kernel_ws.cuh): the row's q offset in 16-byte units, bit 31
+  // set for a padding row (offset 0 then: a valid address).
+  uint32_t qsrc[kSparsePrefillRows];
 };
 
 // The item's K/V block: keys [key0, key0 + nvalid) are real (rows past nvalid

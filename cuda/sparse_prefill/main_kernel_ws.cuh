@@ -161,6 +161,108 @@ struct Smem {
   }
 };
 
+// ---- The producer's metadata and row setup, one MMA row per producer
+// thread (row r = pt): the same values as main_kernel's fetch_meta /
+// row_setup, which split the 128 rows over 8 warps of 16 working lanes (the
+// producer used to call each twice, for threads pt and pt + 128, with half of
+// its lanes idle in both). Producer warp w owns rows [32 w, 32 w + 32) and
+// its copy of the header, hdr[w] (lanes 0-3 copy it).
+__device__ __forceinline__ void fetch_meta_row(const MainArgs& a, const WorkItem& it, ItemMeta& m, int pt) {
+  const int w = pt >> 5, l = pt & 31;
+  int pidx, hh;
+  a.div_group(pidx, hh, pt);
+  if (pidx < it.e_count) cp_async_4(&m.ent[pt], a.v.entries + it.e_begin + pidx);
+  if (l < 4) {
+    // (Selects, not a switch: no jump table in the middle of the item.)
+    const int i = l;
+    const bool page = i == kHdrKv && a.p.paged;
+    const int32_t* base = i <= kHdrQe1 ? a.v.qe : i == kHdrLen ? a.v.len : page ? a.p.page_table : a.v.kvb;
+    const int64_t idx = int64_t(it.b) * (page ? a.p.max_pages : 1) + (page ? it.c : int(i == kHdrQe1));
+    cp_async_4(&m.hdr[w][i], base + idx);
+  }
+}
+
+// rows.{qoff, out, vis}[pt] and the reductions of vis over the row's
+// 16-row group (rows.vis_max / vis_min[pt / 16]), from the metadata of
+// fetch_meta_row (waited for and __syncwarp'ed by the caller).
+template <class Tr>
+__device__ __forceinline__ void row_setup_row(const MainArgs& a, const WorkItem& it, const ItemMeta& m,
+                                              const ItemKV& kv, RowSetup& rows, int pt) {
+  constexpr int kD = Tr::kD;
+  const SparsePrefillParams& p = a.p;
+  const int64_t Hq = p.q_heads, K = p.topk;
+  const int w = pt >> 5, l = pt & 31;
+  const int32_t(&hdr)[4] = m.hdr[w];
+  int vis = -1;
+  int pidx, hh;
+  a.div_group(pidx, hh, pt);
+  int64_t qoff = -1, out = -1;
+  if (pidx < it.e_count) {
+    const int32_t e = m.ent[pt];  // t_local * K + slot (>= 0 by construction)
+    if (e >= 0) {
+      int tl, slot;
+      a.div_topk(tl, slot, e);
+      const int64_t t = a.v.t0 + tl;
+      const int64_t h = int64_t(it.g) * a.group + hh;
+      qoff = (t * Hq + h) * (kD * int64_t(sizeof(typename Tr::Elem)));
+      out = ((int64_t(tl) * Hq + h) * K + slot) * kD;
+      if (p.causal) {
+        const int64_t qb = hdr[kHdrQe0], ql = int64_t(hdr[kHdrQe1]) - qb, L = hdr[kHdrLen];
+        const int64_t pos = L - ql + (t - qb);
+        const int64_t lim = pos - kv.key0 + 1;
+        vis = int(lim < 0 ? 0 : (lim > kv.nvalid ? kv.nvalid : lim));
+      } else {
+        vis = kv.nvalid;
+      }
+    }
+  }
+  // (q < 2^35 bytes, checked on the host: the offset in 16-byte units fits 31 bits.)
+  rows.qsrc[pt] = qoff >= 0 ? uint32_t(qoff >> 4) : 0x80000000u;
+  rows.out[pt] = out;
+  rows.vis[pt] = vis;
+  // Per 16-row half of the warp: the other half contributes the neutral
+  // value (0 for the max, 128 for the min; padding rows: -1 -> 0 and 128).
+  const uint32_t vmax = uint32_t(max(vis, 0)), vmin = min(uint32_t(vis), 128u);
+  const bool lo = l < 16;
+  const uint32_t max_lo = __reduce_max_sync(0xffffffffu, lo ? vmax : 0u);
+  const uint32_t max_hi = __reduce_max_sync(0xffffffffu, lo ? 0u : vmax);
+  const uint32_t min_lo = __reduce_min_sync(0xffffffffu, lo ? vmin : 128u);
+  const uint32_t min_hi = __reduce_min_sync(0xffffffffu, lo ? 128u : vmin);
+  if (l == 0) {
+    rows.vis_max[2 * w] = max_lo;
+    rows.vis_max[2 * w + 1] = max_hi;
+    rows.vis_min[2 * w] = min_lo;
+    rows.vis_min[2 * w + 1] = min_hi;
+  }
+}
+
+// The item's 128 Q rows -> shared memory (SmemLayoutQ), for the producer's
+// "threads" t = pt and pt + 128: gather_q_t's copies, from RowSetup::qsrc
+// (one 32-bit load, a mask, a wide multiply-add and the sign test per copy,
+// against a 64-bit load, a 64-bit add and two selects from qoff; a padding
+// row's offset is 0, a valid address, and its sign bit zero-fills).
+template <class Tr>
+__device__ __forceinline__ void gather_q_ws(const void* q, const uint32_t* s_qsrc, typename Tr::Elem* q_smem,
+                                            uint32_t t) {
+  constexpr int kCpr = Tr::kCpr, kStep = Tr::kRowStep;
+  static_assert(kStep % 8 == 0, "row step must keep the swizzle phase");
+  const uint32_t cc = t % kCpr, r0 = t / kCpr;
+  typename Tr::Elem* d = q_smem + swz_off<Tr::kM>(r0, cc * 8);
+  const uint8_t* s = static_cast<const uint8_t*>(q) + cc * 16;
+  constexpr int kRows = Tr::kM / kStep;
+  uint32_t src[kRows];  // all first: the copies then issue back to back
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) src[i] = s_qsrc[r0 + i * kStep];
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    // s + 16 (src & 0x7fffffff) as one wide multiply-add (written in C++, the
+    // 64-bit product was split into shifts and masks: 7 instructions a copy).
+    uint64_t a;
+    asm("mad.wide.u32 %0, %1, 16, %2;" : "=l"(a) : "r"(src[i] & 0x7fffffffu), "l"(s));
+    cp_async_16(d + i * kStep * 64, reinterpret_cast<const void*>(a), int(src[i]));
+  }
+}
+
 // bar.sync among the producer warpgroup only (id 1; 0 is __syncthreads).
 __device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
 
@@ -251,8 +353,7 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
   WorkItem it = v.work[w];
   WorkItem nx{};
   if (w + stride < num_work) nx = v.work[w + stride];
-  fetch_meta(a, it, sm.meta(0), pt);
-  fetch_meta(a, it, sm.meta(0), pt + 128);
+  fetch_meta_row(a, it, sm.meta(0), pt);
   cute::cp_async_fence();
   cute::cp_async_wait<0>();
   for (int i = 0; w < num_work; w += stride, ++i) {
@@ -269,9 +370,8 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     // The row setup, before the stage is free (rows[i % 3]: see kRowBufs).
     const ItemMeta& m = sm.meta(s);
     RowSetup& rows = sm.rows(i % W::kRowBufs);
-    row_setup<Tr>(a, it, m, rows, pt);
-    row_setup<Tr>(a, it, m, rows, pt + 128);
     const ItemKV kv = item_kv<Tr>(p, it, m.hdr[warp]);
+    row_setup_row<Tr>(a, it, m, kv, rows, pt);
     const bool tma_item = kv_tma && kv.nvalid == 128;  // the same in every producer thread
     producer_sync();  // every row's qoff written (read across warps by the gather)
     // The consumers are done with stage s (item i - 2: its Q rows, K and V),
@@ -299,14 +399,13 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     // their own: the next iteration waits for this group alone, never for
     // the Q / K / V copies.
     if (has_next) {
-      fetch_meta(a, nx, sm.meta(s ^ 1), pt);
-      fetch_meta(a, nx, sm.meta(s ^ 1), pt + 128);
+      fetch_meta_row(a, nx, sm.meta(s ^ 1), pt);
       if (w + 2 * int64_t(stride) < num_work) fetch_desc(w + 2 * int64_t(stride), s);
     }
     cute::cp_async_fence();  // group: metadata
     // Q first (the gathers are the copies most likely to miss L2), then K.
-    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt));
-    gather_q_t<Tr>(p.q, rows.qoff, sm.q(s), uint32_t(pt + 128));
+    gather_q_ws<Tr>(p.q, rows.qsrc, sm.q(s), uint32_t(pt));
+    gather_q_ws<Tr>(p.q, rows.qsrc, sm.q(s), uint32_t(pt + 128));
     if (!tma_item) {
       const uint8_t* ksrc = static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes;
       load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt));
