@@ -338,6 +338,16 @@ __device__ __forceinline__ ItemKV item_kv(const SparsePrefillParams& p, const Wo
 // lane l < 16 the entry of row 16 w + l (when its query row exists), lanes
 // 16-19 the warp's copy of the header. Same indices as the loads the kernel
 // made before the prefetch (work items come from the CSR build).
+// Word i (< 4) of the item's header -> hdr[i] (cp.async): fetch_meta's
+// lanes 16-19 and the ws producer's lanes 0-3 (fetch_meta_row).
+__device__ __forceinline__ void fetch_hdr_word(const MainArgs& a, const WorkItem& it, int32_t (&hdr)[4], int i) {
+  // (Selects, not a switch: no jump table in the middle of the item.)
+  const bool page = i == kHdrKv && a.p.paged;
+  const int32_t* base = i <= kHdrQe1 ? a.v.qe : i == kHdrLen ? a.v.len : page ? a.p.page_table : a.v.kvb;
+  const int64_t idx = int64_t(it.b) * (page ? a.p.max_pages : 1) + (page ? it.c : int(i == kHdrQe1));
+  cp_async_4(&hdr[i], base + idx);
+}
+
 __device__ __forceinline__ void fetch_meta(const MainArgs& a, const WorkItem& it, ItemMeta& m, int tid) {
   const int w = tid >> 5, l = tid & 31;
   if (l < 16) {
@@ -346,13 +356,7 @@ __device__ __forceinline__ void fetch_meta(const MainArgs& a, const WorkItem& it
     a.div_group(pidx, hh, r);
     if (pidx < it.e_count) cp_async_4(&m.ent[r], a.v.entries + it.e_begin + pidx);
   } else if (l < 20) {
-    // (Selects, not a switch: no jump table in the middle of the item.)
-    const int i = l - 16;
-    const bool page = i == kHdrKv && a.p.paged;
-    const int32_t* base = i <= kHdrQe1 ? a.v.qe : i == kHdrLen ? a.v.len : page ? a.p.page_table : a.v.kvb;
-    const int64_t idx = int64_t(it.b) * (page ? a.p.max_pages : 1) + (page ? it.c : int(i == kHdrQe1));
-    const int32_t* src = base + idx;
-    cp_async_4(&m.hdr[w][i], src);
+    fetch_hdr_word(a, it, m.hdr[w], l - 16);
   }
 }
 

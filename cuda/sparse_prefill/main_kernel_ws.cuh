@@ -172,14 +172,7 @@ __device__ __forceinline__ void fetch_meta_row(const MainArgs& a, const WorkItem
   int pidx, hh;
   a.div_group(pidx, hh, pt);
   if (pidx < it.e_count) cp_async_4(&m.ent[pt], a.v.entries + it.e_begin + pidx);
-  if (l < 4) {
-    // (Selects, not a switch: no jump table in the middle of the item.)
-    const int i = l;
-    const bool page = i == kHdrKv && a.p.paged;
-    const int32_t* base = i <= kHdrQe1 ? a.v.qe : i == kHdrLen ? a.v.len : page ? a.p.page_table : a.v.kvb;
-    const int64_t idx = int64_t(it.b) * (page ? a.p.max_pages : 1) + (page ? it.c : int(i == kHdrQe1));
-    cp_async_4(&m.hdr[w][i], base + idx);
-  }
+  if (l < 4) fetch_hdr_word(a, it, m.hdr[w], l);
 }
 
 // rows.{qoff, out, vis}[pt] and the reductions of vis over the row's
