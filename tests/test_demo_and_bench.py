@@ -32,7 +32,7 @@ def test_bench_cli_cpu_sweep(tmp_path, capsys):
     bench = _load_bench()
     out = tmp_path / "out.tsv"
     rc = bench.main(["--cpu", "--sections", "topk,index,prefill", "--topk-shapes", "64x8", "--topk-k", "4",
-                     "--seqs", "256", "--dry-run-ms", "1", "--repeat-ms", "5", "-o", str(out),
+                     "--seqs", "256", "--dry-run-ms", "1", "--repeat-ms", "5", "--batch-ms", "5", "-o", str(out),
                      "--plot", str(tmp_path / "plot.png")])
     assert rc == 0
     lines = out.read_text().splitlines()
