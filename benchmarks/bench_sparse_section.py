@@ -101,11 +101,17 @@ def run(args, dev, out):
         # and a call stopped during it should still report our row.
         print(f"# sparse_prefill n={n}: {rate:.0f} TFLOP/s effective ({flops / 1e12:.1f} TFLOP attended)",
               file=sys.stderr, flush=True)
-        base_fn = jax.jit(lambda q, k, v, i: xla_sparse(q, k, v, i, n))
-        try:
-            tb = bench(base_fn, [[q, k, v, ids]], args.dry_run_ms, args.repeat_ms)
-        except Exception as e:  # noqa: BLE001 (out of memory at long context)
-            print(f"# sparse_prefill baseline failed at n={n}: {type(e).__name__}", file=sys.stderr, flush=True)
-            tb = None
+        limit = getattr(args, "sparse_baseline_max_seq", 0)
+        base_name, tb = "xla_gather_einsum", None
+        if limit and n > limit:
+            print(f"# sparse_prefill baseline skipped at n={n} (--sparse-baseline-max-seq {limit})",
+                  file=sys.stderr, flush=True)
+            base_name = "-"
+        else:
+            base_fn = jax.jit(lambda q, k, v, i: xla_sparse(q, k, v, i, n))
+            try:
+                tb = bench(base_fn, [[q, k, v, ids]], args.dry_run_ms, args.repeat_ms)
+            except Exception as e:  # noqa: BLE001 (out of memory at long context)
+                print(f"# sparse_prefill baseline failed at n={n}: {type(e).__name__}", file=sys.stderr, flush=True)
         out.add("sparse_prefill", f"T={n},Hq={HQ},Hkv={HKV},D={D},k={K}", "bf16", t, rate, "TFLOP/s",
-                "xla_gather_einsum", tb, dev)
+                base_name, tb, dev)

@@ -4,6 +4,8 @@ import importlib.util
 import pathlib
 import sys
 
+import pytest
+
 import msa_jax.demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,6 +37,7 @@ def test_bench_cli_cpu_sweep(tmp_path, capsys):
                      "--seqs", "256", "--dry-run-ms", "1", "--repeat-ms", "5", "--batch-ms", "5", "-o", str(out),
                      "--plot", str(tmp_path / "plot.png")])
     assert rc == 0
+    assert bench.BATCH_MS == 100.0   # --batch-ms applies to that run only
     lines = out.read_text().splitlines()
     assert lines[0].startswith("section\tshape\tdtype\tmedian_ms")
     sections = {l.split("\t")[0] for l in lines[1:]}
@@ -64,3 +67,9 @@ def test_plain_xla_sparse_decode_baseline_is_msa():
     want = ref.decode(q, k, v, pt, lens, plan, block_ids=ids)
     got = bench.xla_sparse_decode_step(q, ex["q_idx"], ex["k_idx"], k, v, pt, lens, k_sel=3, page=128)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_bench_batch_ms_must_be_positive():
+    bench = _load_bench()
+    with pytest.raises(SystemExit):
+        bench.parse(["--cpu", "--batch-ms", "0"])
