@@ -42,13 +42,16 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
 }
 
 // 16-byte global store when flag >= 0 (a predicated store: no branch and
-// reconvergence per row in the epilogue).
+// reconvergence per row in the epilogue). Streaming (.cs: evict-first in L2):
+// the partial O is read back only by the combine, after the whole pass has
+// written ~2 GB, so its lines would only push the pass's Q rows and K/V
+// blocks (reused by later items) out of L2.
 __device__ __forceinline__ void st_global_16_if(void* gmem_dst, const uint4& val, int flag) {
   asm volatile(
       "{\n"
       "  .reg .pred p;\n"
       "  setp.ge.s32 p, %5, 0;\n"
-      "  @p st.global.v4.b32 [%0], {%1, %2, %3, %4};\n"
+      "  @p st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};\n"
       "}\n" ::"l"(gmem_dst),
       "r"(val.x), "r"(val.y), "r"(val.z), "r"(val.w), "r"(flag)
       : "memory");

@@ -260,6 +260,19 @@ __device__ __forceinline__ void cp_async_16_or_zero(void* smem_dst, const void* 
       "}\n" ::"r"(dst),
       "l"(src_ok), "l"(src_fallback), "r"(flag));
 }
+// cp_async_16 with an L2 cache policy (a createpolicy result), for the ws producer's Q gather.
+__device__ __forceinline__ void cp_async_16_policy(void* smem_dst, const void* gmem_src, int flag, uint64_t pol) {
+  const uint32_t dst = cast_smem_ptr_to_uint(smem_dst);
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  .reg .b32 n;\n"
+      "  setp.ge.s32 p, %2, 0;\n"
+      "  selp.b32 n, 16, 0, p;\n"
+      "  cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, n, %3;\n"
+      "}\n" ::"r"(dst),
+      "l"(gmem_src), "r"(flag), "l"(pol));
+}
 
 // 4-byte cp.async (through L1: the small metadata of the next item).
 __device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src) {
@@ -360,6 +373,41 @@ __device__ __forceinline__ void fetch_meta(const MainArgs& a, const WorkItem& it
   }
 }
 
+// MMA row r = p * G + hh of the item: its Q offset in bytes and partial-O
+// offset in elements (left at -1 for a padding row) and its visible keys from
+// the block start (left at the caller's -1 for a padding row), from the item's
+// metadata (m.ent, the warp's header copy hdr) and K/V block. Shared by
+// row_setup and the ws producer's row_setup_row.
+template <class Tr>
+__device__ __forceinline__ void row_values(const MainArgs& a, const WorkItem& it, const ItemMeta& m,
+                                           const int32_t (&hdr)[4], const ItemKV& kv, int r, int64_t& qoff,
+                                           int64_t& out, int& vis) {
+  constexpr int kD = Tr::kD;
+  const SparsePrefillParams& p = a.p;
+  const int64_t Hq = p.q_heads, K = p.topk;
+  int pidx, hh;
+  a.div_group(pidx, hh, r);
+  if (pidx < it.e_count) {
+    const int32_t e = m.ent[r];  // t_local * K + slot (>= 0 by construction)
+    if (e >= 0) {
+      int tl, slot;
+      a.div_topk(tl, slot, e);
+      const int64_t t = a.v.t0 + tl;
+      const int64_t h = int64_t(it.g) * a.group + hh;
+      qoff = (t * Hq + h) * (kD * int64_t(sizeof(typename Tr::Elem)));
+      out = ((int64_t(tl) * Hq + h) * K + slot) * kD;
+      if (p.causal) {
+        const int64_t qb = hdr[kHdrQe0], ql = int64_t(hdr[kHdrQe1]) - qb, L = hdr[kHdrLen];
+        const int64_t pos = L - ql + (t - qb);
+        const int64_t lim = pos - kv.key0 + 1;
+        vis = int(lim < 0 ? 0 : (lim > kv.nvalid ? kv.nvalid : lim));
+      } else {
+        vis = kv.nvalid;
+      }
+    }
+  }
+}
+
 // Warp w (all lanes; lane l < 16 sets up row r = 16 w + l = p * G + hh):
 // rows.{qoff, out, vis}[r] and the warp's reductions of vis, from the
 // metadata fetched by the warp itself (waited for and __syncwarp'ed by the
@@ -367,37 +415,15 @@ __device__ __forceinline__ void fetch_meta(const MainArgs& a, const WorkItem& it
 template <class Tr>
 __device__ __forceinline__ void row_setup(const MainArgs& a, const WorkItem& it, const ItemMeta& m, RowSetup& rows,
                                           int tid) {
-  constexpr int kD = Tr::kD;
   const SparsePrefillParams& p = a.p;
-  const int64_t Hq = p.q_heads, K = p.topk;
   const int w = tid >> 5, l = tid & 31;
   const int32_t(&hdr)[4] = m.hdr[w];
   int vis = -1;
   if (l < 16) {
     const int r = 16 * w + l;
     const ItemKV kv = item_kv<Tr>(p, it, hdr);
-    int pidx, hh;
-    a.div_group(pidx, hh, r);
     int64_t qoff = -1, out = -1;
-    if (pidx < it.e_count) {
-      const int32_t e = m.ent[r];  // t_local * K + slot (>= 0 by construction)
-      if (e >= 0) {
-        int tl, slot;
-        a.div_topk(tl, slot, e);
-        const int64_t t = a.v.t0 + tl;
-        const int64_t h = int64_t(it.g) * a.group + hh;
-        qoff = (t * Hq + h) * (kD * int64_t(sizeof(typename Tr::Elem)));
-        out = ((int64_t(tl) * Hq + h) * K + slot) * kD;
-        if (p.causal) {
-          const int64_t qb = hdr[kHdrQe0], ql = int64_t(hdr[kHdrQe1]) - qb, L = hdr[kHdrLen];
-          const int64_t pos = L - ql + (t - qb);
-          const int64_t lim = pos - kv.key0 + 1;
-          vis = int(lim < 0 ? 0 : (lim > kv.nvalid ? kv.nvalid : lim));
-        } else {
-          vis = kv.nvalid;
-        }
-      }
-    }
+    row_values<Tr>(a, it, m, hdr, kv, r, qoff, out, vis);
     rows.qoff[r] = qoff;
     rows.out[r] = out;
     rows.vis[r] = vis;

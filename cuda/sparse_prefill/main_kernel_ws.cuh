@@ -181,34 +181,11 @@ __device__ __forceinline__ void fetch_meta_row(const MainArgs& a, const WorkItem
 template <class Tr>
 __device__ __forceinline__ void row_setup_row(const MainArgs& a, const WorkItem& it, const ItemMeta& m,
                                               const ItemKV& kv, RowSetup& rows, int pt) {
-  constexpr int kD = Tr::kD;
-  const SparsePrefillParams& p = a.p;
-  const int64_t Hq = p.q_heads, K = p.topk;
   const int w = pt >> 5, l = pt & 31;
   const int32_t(&hdr)[4] = m.hdr[w];
   int vis = -1;
-  int pidx, hh;
-  a.div_group(pidx, hh, pt);
   int64_t qoff = -1, out = -1;
-  if (pidx < it.e_count) {
-    const int32_t e = m.ent[pt];  // t_local * K + slot (>= 0 by construction)
-    if (e >= 0) {
-      int tl, slot;
-      a.div_topk(tl, slot, e);
-      const int64_t t = a.v.t0 + tl;
-      const int64_t h = int64_t(it.g) * a.group + hh;
-      qoff = (t * Hq + h) * (kD * int64_t(sizeof(typename Tr::Elem)));
-      out = ((int64_t(tl) * Hq + h) * K + slot) * kD;
-      if (p.causal) {
-        const int64_t qb = hdr[kHdrQe0], ql = int64_t(hdr[kHdrQe1]) - qb, L = hdr[kHdrLen];
-        const int64_t pos = L - ql + (t - qb);
-        const int64_t lim = pos - kv.key0 + 1;
-        vis = int(lim < 0 ? 0 : (lim > kv.nvalid ? kv.nvalid : lim));
-      } else {
-        vis = kv.nvalid;
-      }
-    }
-  }
+  row_values<Tr>(a, it, m, hdr, kv, pt, qoff, out, vis);
   // (q < 2^35 bytes, checked on the host: the offset in 16-byte units fits 31 bits.)
   rows.qsrc[pt] = qoff >= 0 ? uint32_t(qoff >> 4) : 0x80000000u;
   rows.out[pt] = out;
@@ -243,6 +220,11 @@ __device__ __forceinline__ void gather_q_ws(const void* q, const uint32_t* s_qsr
   typename Tr::Elem* d = q_smem + swz_off<Tr::kM>(r0, cc * 8);
   const uint8_t* s = static_cast<const uint8_t*>(q) + cc * 16;
   constexpr int kRows = Tr::kM / kStep;
+  // Q rows evict-last in L2: each is gathered again by the other items of the
+  // pass's query range that selected another block, while the K/V blocks and
+  // the partial O stream through.
+  uint64_t pol;
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
   uint32_t src[kRows];  // all first: the copies then issue back to back
 #pragma unroll
   for (int i = 0; i < kRows; ++i) src[i] = s_qsrc[r0 + i * kStep];
@@ -252,7 +234,7 @@ __device__ __forceinline__ void gather_q_ws(const void* q, const uint32_t* s_qsr
     // 64-bit product was split into shifts and masks: 7 instructions a copy).
     uint64_t a;
     asm("mad.wide.u32 %0, %1, 16, %2;" : "=l"(a) : "r"(src[i] & 0x7fffffffu), "l"(s));
-    cp_async_16(d + i * kStep * 64, reinterpret_cast<const void*>(a), int(src[i]));
+    cp_async_16_policy(d + i * kStep * 64, reinterpret_cast<const void*>(a), int(src[i]), pol);
   }
 }
 
