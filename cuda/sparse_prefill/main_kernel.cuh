@@ -347,10 +347,6 @@ __device__ __forceinline__ ItemKV item_kv(const SparsePrefillParams& p, const Wo
   return r;
 }
 
-// Warp w (all lanes): cp.async of its part of the item's metadata into m:
-// lane l < 16 the entry of row 16 w + l (when its query row exists), lanes
-// 16-19 the warp's copy of the header. Same indices as the loads the kernel
-// made before the prefetch (work items come from the CSR build).
 // Word i (< 4) of the item's header -> hdr[i] (cp.async): fetch_meta's
 // lanes 16-19 and the ws producer's lanes 0-3 (fetch_meta_row).
 __device__ __forceinline__ void fetch_hdr_word(const MainArgs& a, const WorkItem& it, int32_t (&hdr)[4], int i) {
@@ -361,6 +357,10 @@ __device__ __forceinline__ void fetch_hdr_word(const MainArgs& a, const WorkItem
   cp_async_4(&hdr[i], base + idx);
 }
 
+// Warp w (all lanes): cp.async of its part of the item's metadata into m:
+// lane l < 16 the entry of row 16 w + l (when its query row exists), lanes
+// 16-19 the warp's copy of the header. Same indices as the loads the kernel
+// made before the prefetch (work items come from the CSR build).
 __device__ __forceinline__ void fetch_meta(const MainArgs& a, const WorkItem& it, ItemMeta& m, int tid) {
   const int w = tid >> 5, l = tid & 31;
   if (l < 16) {
