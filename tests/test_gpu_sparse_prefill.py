@@ -409,25 +409,48 @@ def _tile_loop_outputs():
     return outs
 
 
+def _segment_outputs():
+    """Cases for test_ws_segment_bitwise: long lists (block 0 and the query's own block selected by
+    every row, the rest random) so that a CTA's consecutive items keep their K/V block, dense G = 16
+    D = 128 bf16 and paged G = 4 D = 64 fp16 (ragged, partial last blocks), and the random G = 16
+    case of _tile_loop_outputs."""
+    outs = []
+    qo, kv = [1500, 700], [1900, 700]
+    for group, d, dtype, paged in ((16, 128, jnp.bfloat16, False), (4, 64, jnp.float16, True)):
+        c = prefill_case(qo, kv, hq=2 * group, hkv=2, d=d, dtype=dtype, paged=paged, seed=7 + group)
+        ids = np.array(random_block_ids(np.random.default_rng(group), c.plan, 8, invalid=False))
+        rows = np.concatenate([np.arange(n) for n in qo])
+        seq = np.repeat(np.arange(len(qo)), qo)
+        pos = np.asarray(kv)[seq] - np.asarray(qo)[seq] + rows
+        ids[:, :, 0] = 0
+        ids[:, :, 1] = (pos // 128)[:, None]
+        outs.append(_run(c.q, c.k, c.v, jnp.asarray(ids), c.plan, c.page_table))
+    c = prefill_case([600, 257], [900, 300], hq=32, hkv=2, d=128, seed=32)
+    outs.append(_run(c.q, c.k, c.v, random_block_ids(np.random.default_rng(16 * 128), c.plan, 6), c.plan))
+    return outs
+
+
 _KERNEL_OUTPUTS = {}
 
 
-def _kernel_outputs(tmp_path_factory, name, env_var, value):
-    """_tile_loop_outputs() of a child process run with env_var=value (the kernel choice is read
-    once per process), cached per (env_var, value) for the module."""
+def _kernel_outputs(tmp_path_factory, name, env_var, value, cases="_tile_loop_outputs"):
+    """cases() (default _tile_loop_outputs) of a child process run with env_var=value (the kernel
+    choice is read once per process; a CUDA graph may replay a launch without reading the
+    environment again), cached per (env_var, value, cases) for the module."""
     import os
     import subprocess
     import sys
-    key = (env_var, value)
+    key = (env_var, value, cases)
     if key not in _KERNEL_OUTPUTS:
         here = os.path.dirname(os.path.abspath(__file__))
         out = tmp_path_factory.mktemp("kernel") / f"{name}.npz"
         script = (f"import sys; sys.path.insert(0, {here!r}); import numpy as np; "
                   f"import test_gpu_sparse_prefill as t; "
-                  f"o = t._tile_loop_outputs(); "
+                  f"o = t.{cases}(); "
                   f"np.savez({str(out)!r}, *[x for pair in o for x in pair])")
         env = {k: v for k, v in os.environ.items()
-               if k not in ("MSA_JAX_SPARSE_PREFILL_KERNEL", "MSA_JAX_SPARSE_PREFILL_MMA_SYNC")}
+               if k not in ("MSA_JAX_SPARSE_PREFILL_KERNEL", "MSA_JAX_SPARSE_PREFILL_MMA_SYNC",
+                            "MSA_JAX_SPARSE_PREFILL_SEGMENT")}
         env.update({env_var: value, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
         subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=900)
         ref = np.load(out)
@@ -519,6 +542,20 @@ def test_ws_ping_pong_bitwise(tmp_path_factory):
     ws = _kernel_outputs(tmp_path_factory, "ws", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws")
     pp = _kernel_outputs(tmp_path_factory, "ws_pingpong", "MSA_JAX_SPARSE_PREFILL_KERNEL", "ws_pingpong")
     _compare_bitwise(pp, ws, "ws_pingpong vs ws")
+
+
+def test_ws_segment_bitwise(tmp_path_factory):
+    """The ws kernel's item order: each CTA takes segments of consecutive work items (the default,
+    8 per segment) and copies a K/V block once per run of its items that read it, against
+    MSA_JAX_SPARSE_PREFILL_SEGMENT=1 (the plain grid stride) and =3. The order decides only which
+    CTA runs an item and whether its block is copied again, never what it computes: same bits.
+    (test_hot_blocks checks the default kernel's long lists against the reference.)"""
+    gpu_device()
+    default = _kernel_outputs(tmp_path_factory, "seg_default", "MSA_JAX_SPARSE_PREFILL_SEGMENT", "",
+                              "_segment_outputs")
+    for n in ("1", "3"):
+        got = _kernel_outputs(tmp_path_factory, f"seg{n}", "MSA_JAX_SPARSE_PREFILL_SEGMENT", n, "_segment_outputs")
+        _compare_bitwise(got, default, f"SEGMENT={n} vs the default")
 
 
 def test_fp32_unimplemented():

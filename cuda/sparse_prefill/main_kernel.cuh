@@ -310,6 +310,7 @@ struct RowSetup {
   // qoff (main_kernel_ws.cuh): the row's q offset in 16-byte units, bit 31
   // set for a padding row (offset 0 then: a valid address).
   uint32_t qsrc[kSparsePrefillRows];
+  int32_t kv[4];                     // warp-specialized kernel: K/V slot, release flag (main_kernel_ws.cuh)
 };
 
 // The item's K/V block: keys [key0, key0 + nvalid) are real (rows past nvalid

@@ -5,6 +5,7 @@
 // devices other than sm_90 and where this TU's code for the device is not
 // sm_90a SASS (e.g. compute_80 PTX JIT-compiled for a newer GPU: the kernel
 // body is a trap there).
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -81,13 +82,28 @@ bool encode_kv_maps(const SparsePrefillParams& p, WsArgs& wa) {
   return true;
 }
 
+// Items per segment of each CTA's item order (ItemOrder in
+// main_kernel_ws.cuh): MSA_JAX_SPARSE_PREFILL_SEGMENT (read per launch, for
+// A/B runs; 1 = the plain grid stride), else kDefaultSegment. The same bits
+// for every value (only which CTA runs an item, and whether its K/V block is
+// copied again, change).
+constexpr int kDefaultSegment = 8;
+int segment_items() {
+  const char* e = std::getenv("MSA_JAX_SPARSE_PREFILL_SEGMENT");
+  if (e == nullptr || e[0] == '\0') return kDefaultSegment;
+  return std::max(1, std::min(1 << 16, std::atoi(e)));
+}
+
 template <class Tr, bool kPingPong>
 cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   using W = WsTraits<Tr>;
   if (v.work_items == 0) return cudaSuccess;
+  // ItemOrder's 32-bit item indices run up to num_work + 2 gridDim.x.
+  if (v.work_items >= (int64_t(1) << 31) - (int64_t(1) << 16)) return cudaErrorInvalidValue;
   WsArgs wa{};
   wa.a = main_launch::make_args(p, v);
   wa.kv_tma = encode_kv_maps<Tr>(p, wa) ? 1 : 0;
+  wa.seg = segment_items();
   auto kernel = main_kernel_ws<Tr, kPingPong>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, W::kSmemBytes);
   if (err != cudaSuccess) return err;

@@ -3,19 +3,22 @@
 // style): the same work items and outputs as main_kernel<Tr, true>
 // (main_kernel.cuh; the same math with Traits<...>, one key tile per item with
 // Traits<..., 128>), organised so that the loads of item i + 1 overlap the
-// compute of item i inside one CTA.
+// compute of item i inside one CTA. Each CTA walks segments of consecutive
+// work items (ItemOrder), which mostly share their K/V block (one list), so
+// the block is copied once per segment instead of once per item.
 //
 //   1 CTA per SM, 384 threads:
 //   * warpgroup 0 = producer (setmaxnreg.dec to kProducerRegs). Per item: the
 //     row setup (row_setup of main_kernel.cuh, into RowSetup i % 3, before the
-//     stage is free), then the copies into the stage's smem: the gathered Q
-//     rows by cp.async (16-byte, L2 only, zero-fill for padding rows); a full
-//     128-key K/V block by the TMA (kv_tma, WsArgs; thread 0 issues it and
-//     arrive_and_expect_tx's its bytes), any other block by cp.async with
-//     zero-fill past nvalid. The producer never waits for its copies: each
-//     thread's cp.async.mbarrier.arrive.noinc makes full_kq[s] (Q + K) and
-//     full_v[s] (V) complete when its copies land (plus one plain arrive on
-//     full_kq[s] for the RowSetup stores), so it sets up and issues item
+//     Q slot is free), then the copies: the gathered Q rows into Q slot i % 2
+//     by cp.async (16-byte, L2 only, zero-fill for padding rows); where the
+//     item's block differs from the previous item's, the block into the next
+//     K/V slot: a full 128-key block by the TMA (kv_tma, WsArgs; thread 0
+//     issues it and arrive_and_expect_tx's its bytes), any other block by
+//     cp.async with zero-fill past nvalid. The producer never waits for its
+//     copies: each thread's cp.async.mbarrier.arrive.noinc makes full_q[s],
+//     full_k[ks] and full_v[ks] complete when its copies land (plus one plain
+//     arrive on full_q[s] for the RowSetup stores), so it sets up and issues item
 //     i + 1 while item i's copies are in flight. The next item's metadata
 //     (fetch_meta's 4-byte cp.asyncs, into a producer-only double buffer) is
 //     fetched one item ahead and the descriptor of the item after it two
@@ -24,11 +27,14 @@
 //   * warpgroups 1, 2 = consumers (setmaxnreg.inc to kConsumerRegs), MMA rows
 //     [0, 64) and [64, 128) of the item (the wgmma path of main_kernel, with
 //     the consumer thread index ct = threadIdx.x - 128 in place of
-//     threadIdx.x): wait full_kq[s]; S(0) + softmax(0); wait full_v[s]; the
-//     tile loop; the epilogue (O staged through the warpgroup's own Q rows of
-//     the stage); each consumer thread arrives on empty[s].
-//   * 2 stages of Q + K + V (Traits::kSmemBytes each: 96 KB at D = 128, 48 KB
-//     at D = 64), 3 RowSetups, 2 ItemMetas, 6 mbarriers: ~201 KB at D = 128.
+//     threadIdx.x): wait full_q[s], read the K/V slot ks from the RowSetup,
+//     wait full_k[ks]; S(0) + softmax(0); wait full_v[ks]; the tile loop; the
+//     epilogue (O staged through the warpgroup's own Q rows of the slot);
+//     each consumer thread arrives on empty_q[s], and on empty_kv[ks] at the
+//     last item of the block.
+//   * 2 Q slots and 2 K/V slots (Traits::kSmemBytes each pair: 96 KB at
+//     D = 128, 48 KB at D = 64), 3 RowSetups, 2 ItemMetas, 10 mbarriers:
+//     ~201 KB at D = 128.
 //
 //   The softmax (softmax.cuh) and the epilogue (epilogue.cuh) are main_kernel's
 //   functions, called with the consumer thread index. Key tiles:
@@ -41,23 +47,27 @@
 //   Proxies: cp.async writes are generic-proxy writes; wgmma reads through the
 //   async proxy. The copying thread does not wait for its copies, so the
 //   reader fences: each consumer thread executes fence.proxy.async.shared::cta
-//   after its full_kq / full_v wait (acquire) and before its wgmmas. The
+//   after its full_k / full_v wait (acquire) and before its wgmmas. The
 //   epilogue's st.shared into the Q rows comes after the wgmmas reading them
 //   completed, as in main_kernel.
 //
-//   Synchronisation (s = i % 2, parity (i / 2) % 2):
+//   Synchronisation (item i of the CTA: Q slot s = i % 2, parity (i / 2) % 2;
+//   the j-th K/V load of the CTA: slot ks = j % 2, parity (j / 2) % 2):
 //     producer:  wait_group 2 (this item's metadata) -> row setup (st.shared
-//                into rows[i % 3]) -> bar.sync 1, 128 -> wait empty[s]
-//                (parity ^ 1: the first two pass) -> arrive full_kq[s] ->
-//                next item's metadata copies -> [group] -> Q copies -> K
-//                copies -> [group] -> arrive.noinc full_kq[s] -> V copies ->
-//                [group] -> arrive.noinc full_v[s] (full_kq: 256 arrivals,
-//                full_v: 128). A TMA block: thread 0's arrive on full_kq[s]
-//                and full_v[s] carries the expected bytes, the K/V copies
-//                are its TMA, the other threads arrive plainly on full_v[s].
-//     consumer:  wait full_kq[s], proxy fence -> ... -> wait full_v[s], proxy
-//                fence -> ... -> epilogue -> every consumer thread arrives
-//                on empty[s] (256 arrivals).
+//                into rows[i % 3], with ks and the release flag) -> bar.sync
+//                1, 128 -> wait empty_q[s] (parity ^ 1: the first two pass)
+//                -> arrive full_q[s] -> [new block: wait empty_kv[ks], a TMA
+//                block issued here] -> next item's metadata copies -> [group]
+//                -> Q copies -> arrive.noinc full_q[s] -> [new cp.async
+//                block: K copies] -> [group] -> [arrive.noinc full_k[ks] ->
+//                V copies] -> [group] -> [arrive.noinc full_v[ks]] (full_q:
+//                256 arrivals, full_k / full_v: 128). A TMA block: thread 0's
+//                arrives on full_k[ks] and full_v[ks] carry the expected
+//                bytes, the other threads arrive plainly.
+//     consumer:  wait full_q[s] -> wait full_k[ks], proxy fence -> ... ->
+//                wait full_v[ks], proxy fence -> ... -> epilogue -> every
+//                consumer thread arrives on empty_q[s], and on empty_kv[ks]
+//                when the RowSetup's release flag is set (256 arrivals each).
 //   Producer-only data (ItemMeta[2], the descriptor slots) never needs a
 //   consumer barrier.
 #pragma once
@@ -83,6 +93,7 @@ struct WsArgs {
   CUtensorMap k_map, v_map;
   MainArgs a;
   int kv_tma;  // 1: full 128-key blocks through the maps, 0: all cp.async
+  int seg;     // items per segment of the CTA's item order (ItemOrder), >= 1
 };
 
 template <class Tr>
@@ -116,16 +127,29 @@ struct WsTraits {
   static constexpr int kDescOff = kMetaOff + kStages * int(sizeof(ItemMeta));
   static constexpr int kBarOff = kDescOff + 2 * (kProducerThreads / 32) * int(sizeof(WorkItem));
   static_assert(sizeof(RowSetup) % 16 == 0 && sizeof(ItemMeta) % 16 == 0, "16-byte alignment of the metadata");
-  enum { kFullKQ = 0, kFullV = kStages, kEmpty = 2 * kStages, kBars = 3 * kStages };
+  // Q slots (Q rows + RowSetup; slot i % 2 for the CTA's item i) and K/V
+  // slots (slot = the CTA's K/V loads so far, mod 2: an item whose block is
+  // the previous item's reuses it) have barriers of their own.
+  enum {
+    kFullQ = 0,
+    kFullK = kStages,
+    kFullV = 2 * kStages,
+    kEmptyQ = 3 * kStages,
+    kEmptyKV = 4 * kStages,
+    kBars = 5 * kStages
+  };
   static constexpr int kSmemBytes = kBarOff + kBars * 8;
   static_assert(kSmemBytes <= 227 * 1024, "the opt-in shared-memory limit of sm_90");
-  // Arrivals. full_kq: each producer thread twice, once plainly after its
+  // Arrivals. full_q: each producer thread twice, once plainly after its
   // row setup (releasing the RowSetup stores) and once through
-  // cp.async.mbarrier.arrive.noinc when its Q and K copies land; full_v: each
-  // producer thread once, the same way, when its V copies land; empty: one
-  // per consumer thread.
-  static constexpr int kFullKQArrivals = 2 * kProducerThreads;
-  static constexpr int kFullVArrivals = kProducerThreads;
+  // cp.async.mbarrier.arrive.noinc when its Q copies land; full_k / full_v
+  // (per K/V load): each producer thread once, through the noinc arrive when
+  // its K (V) copies land, or for a TMA block thread 0's
+  // arrive_and_expect_tx and the others' plain arrives; empty_q: each
+  // consumer thread per item; empty_kv: each consumer thread at the last
+  // item that reads the slot's block.
+  static constexpr int kFullQArrivals = 2 * kProducerThreads;
+  static constexpr int kFullKVArrivals = kProducerThreads;
   static constexpr int kEmptyArrivals = kConsumerThreads;
 };
 
@@ -238,6 +262,42 @@ __device__ __forceinline__ void gather_q_ws(const void* q, const uint32_t* s_qsr
   }
 }
 
+// The CTA's items (producer and consumers walk the same sequence): rounds of
+// ncta segments of `seg` consecutive items (segment c of round r = items
+// [(r ncta + c) seg, + seg)), so that a CTA's consecutive items share their
+// K/V block wherever a list goes on (the producer then copies only their Q
+// rows); the items past the last whole round go one per CTA (grid stride),
+// so the tail stays one item deep. seg = the largest power of two <=
+// min(WsArgs::seg, num_work / ncta), at least 1 (seg = 1: the plain grid
+// stride). Shifts, not divisions: item() runs twice per item in the
+// producer. (32-bit: num_work < 2^31 - 2^16, checked on the host.)
+struct ItemOrder {
+  int log_seg, per_cta;  // per_cta: each CTA's items in whole rounds
+  __device__ __forceinline__ ItemOrder(int num_work, int seg_max) {
+    const int ncta = int(gridDim.x), cap = max(1, min(seg_max, num_work / ncta));
+    log_seg = 31 - __clz(cap);  // the largest power of two <= cap
+    per_cta = (num_work / (ncta << log_seg)) << log_seg;
+  }
+  // The CTA's item j (>= num_work: past its last).
+  __device__ __forceinline__ int item(int j) const {
+    const int c = int(blockIdx.x), ncta = int(gridDim.x);
+    if (j < per_cta) return ((((j >> log_seg) * ncta + c) << log_seg) | (j & ((1 << log_seg) - 1)));
+    return per_cta * ncta + c + (j - per_cta) * ncta;
+  }
+};
+
+// The pass's work items (num_work <= work_items by construction (scan);
+// clamped all the same). Each role reads it after its setmaxnreg: a value
+// kept across the register reconfiguration was spilled.
+__device__ __forceinline__ int work_count(const MainArgs& a) {
+  return int(min(int64_t(*a.v.num_work), a.v.work_items));
+}
+
+// Whether two work items read the same K/V block.
+__device__ __forceinline__ bool same_block(const WorkItem& x, const WorkItem& y) {
+  return x.g == y.g && x.b == y.b && x.c == y.c;
+}
+
 // bar.sync among the producer warpgroup only (id 1; 0 is __syncthreads).
 __device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;\n" ::: "memory"); }
 
@@ -297,14 +357,16 @@ __device__ __forceinline__ void pass_turn(uint32_t cg) {
 // one item ahead stalled the producer on its latency (ptxas moves the
 // descriptor into uniform registers right after the load).
 template <class Tr>
-__device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, int num_work, int stride) {
+__device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm) {
   using W = WsTraits<Tr>;
   using Elem = typename Tr::Elem;
   const MainArgs& a = wa.a;
   const SparsePrefillParams& p = a.p;
   const PassView& v = a.v;
   const int pt = int(threadIdx.x), lane = pt & 31, warp = pt >> 5;
-  int64_t w = blockIdx.x;
+  const int num_work = work_count(a);
+  const ItemOrder ord(num_work, wa.seg);
+  int w = ord.item(0);
   if (w >= num_work) return;
   constexpr int kKvBytes = int(sizeof(Elem));
   // One 128-key tile (kN = 128): the S GEMM reads all 128 K rows and P V all
@@ -315,7 +377,7 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
   constexpr uint32_t kKvTileBytes = 128 * Tr::kD * uint32_t(sizeof(Elem));
   // Lanes 20, 21 of each warp: the 32-byte descriptor of item i + 2 (two
   // 16-byte copies into the warp's slot).
-  auto fetch_desc = [&](int64_t item, int slot) {
+  auto fetch_desc = [&](int item, int slot) {
     if (lane == 20 || lane == 21) {
       const int half = lane - 20;
       cp_async_16(reinterpret_cast<uint8_t*>(&sm.desc(slot, warp)) + 16 * half,
@@ -327,14 +389,18 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
   // descriptor (global loads, once; iteration 0 copies the third's).
   WorkItem it = v.work[w];
   WorkItem nx{};
-  if (w + stride < num_work) nx = v.work[w + stride];
+  if (ord.item(1) < num_work) nx = v.work[ord.item(1)];
   fetch_meta_row(a, it, sm.meta(0), pt);
   cute::cp_async_fence();
   cute::cp_async_wait<0>();
-  for (int i = 0; w < num_work; w += stride, ++i) {
+  int prev_g = -1, prev_b = 0, prev_c = 0;  // the previous item's block (none yet)
+  uint32_t kv_loads = 0;  // K/V loads so far (slot = kv_loads % 2)
+  int ks = 0;             // this item's K/V slot
+  for (int i = 0; w < num_work; ++i) {
     const int s = i & 1;
     const uint32_t parity = uint32_t(i >> 1) & 1u;
-    const bool has_next = w + stride < num_work;
+    const int w_next = ord.item(i + 1);
+    const bool has_next = w_next < num_work;
     // This item's metadata and the next item's descriptor landed: every
     // group but the newest two (item i - 1's Q + K and V; the prologue waited
     // for everything). Each lane waits for its own copies, __syncwarp shares
@@ -342,29 +408,50 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     cute::cp_async_wait<2>();
     __syncwarp();
     if (i > 0 && has_next) nx = sm.desc(s ^ 1, warp);  // item i + 1 (copied in iteration i - 1)
+    // K/V: a new block goes into the next slot; the same block as the
+    // previous item's stays where it is. The slot is released after the
+    // last item that reads it (the next item reads another block, or none).
+    const bool kv_new = it.g != prev_g || it.b != prev_b || it.c != prev_c;
+    uint32_t kv_par = 0;
+    if (kv_new) {
+      ks = int(kv_loads & 1u);
+      kv_par = ((kv_loads >> 1) & 1u) ^ 1u;  // empty_kv: the first two loads pass
+      ++kv_loads;
+    }
+    const bool kv_release = !has_next || !same_block(nx, it);
     // The row setup, before the stage is free (rows[i % 3]: see kRowBufs).
     const ItemMeta& m = sm.meta(s);
     RowSetup& rows = sm.rows(i % W::kRowBufs);
     const ItemKV kv = item_kv<Tr>(p, it, m.hdr[warp]);
     row_setup_row<Tr>(a, it, m, kv, rows, pt);
+    if (pt == 0) {
+      rows.kv[0] = ks;
+      rows.kv[1] = kv_release ? 1 : 0;
+    }
     const bool tma_item = kv_tma && kv.nvalid == 128;  // the same in every producer thread
     producer_sync();  // every row's qoff written (read across warps by the gather)
-    // The consumers are done with stage s (item i - 2: its Q rows, K and V),
-    // so full_kq[s] / full_v[s] are in item i's phase.
-    Bar::wait(sm.bar(W::kEmpty + s), parity ^ 1u);
-    if (tma_item) {
-      if (pt == 0) {
-        const int32_t crd = p.paged ? m.hdr[0][kHdrKv] : int32_t(m.hdr[0][kHdrKv] + kv.key0);
-        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullKQ + s), kKvTileBytes);
-        tma_kv_block<Tr>(&wa.k_map, sm.bar(W::kFullKQ + s), sm.k(s), p.paged, it.g, crd);
-        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullV + s), kKvTileBytes);
-        tma_kv_block<Tr>(&wa.v_map, sm.bar(W::kFullV + s), sm.v(s), p.paged, it.g, crd);
-      } else {
-        Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
-        Bar::arrive(sm.bar(W::kFullV + s));
+    // The consumers are done with Q slot s (item i - 2: its Q rows; its
+    // RowSetup's readers are done too), so full_q[s] is in item i's phase.
+    Bar::wait(sm.bar(W::kEmptyQ + s), parity ^ 1u);
+    Bar::arrive(sm.bar(W::kFullQ + s));  // the RowSetup stores (release)
+    if (kv_new) {
+      // The consumers are done with the slot's previous block (its last item,
+      // at most item i - 2, released it right after releasing its Q slot, so
+      // this wait is over by now), so full_k[ks] / full_v[ks] are in this
+      // load's phase. A TMA block is issued first, before the Q gather.
+      Bar::wait(sm.bar(W::kEmptyKV + ks), kv_par);
+      if (tma_item) {
+        if (pt == 0) {
+          const int32_t crd = p.paged ? m.hdr[0][kHdrKv] : int32_t(m.hdr[0][kHdrKv] + kv.key0);
+          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullK + ks), kKvTileBytes);
+          tma_kv_block<Tr>(&wa.k_map, sm.bar(W::kFullK + ks), sm.k(ks), p.paged, it.g, crd);
+          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(sm.bar(W::kFullV + ks), kKvTileBytes);
+          tma_kv_block<Tr>(&wa.v_map, sm.bar(W::kFullV + ks), sm.v(ks), p.paged, it.g, crd);
+        } else {
+          Bar::arrive(sm.bar(W::kFullK + ks));
+          Bar::arrive(sm.bar(W::kFullV + ks));
+        }
       }
-    } else {
-      Bar::arrive(sm.bar(W::kFullKQ + s));  // the RowSetup stores (release)
     }
     // The next item's metadata (into the other ItemMeta: its last readers, the
     // row setup and item_kv of item i - 1, ran in this warp in the previous
@@ -375,29 +462,34 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
     // the Q / K / V copies.
     if (has_next) {
       fetch_meta_row(a, nx, sm.meta(s ^ 1), pt);
-      if (w + 2 * int64_t(stride) < num_work) fetch_desc(w + 2 * int64_t(stride), s);
+      const int w_next2 = ord.item(i + 2);
+      if (w_next2 < num_work) fetch_desc(w_next2, s);
     }
     cute::cp_async_fence();  // group: metadata
-    // Q first (the gathers are the copies most likely to miss L2), then K.
+    // Q (the gathers are the copies most likely to miss L2), then K by
+    // cp.async where the block is new and not a TMA one.
     gather_q_ws<Tr>(p.q, rows.qsrc, sm.q(s), uint32_t(pt));
     gather_q_ws<Tr>(p.q, rows.qsrc, sm.q(s), uint32_t(pt + 128));
-    if (!tma_item) {
+    // Arrives on full_q[s] once this thread's copies so far (Q and the
+    // metadata) have landed; the producer goes on without waiting.
+    cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullQ + s));
+    if (kv_new && !tma_item) {
       const uint8_t* ksrc = static_cast<const uint8_t*>(p.k) + kv.kv_base * kKvBytes;
-      load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt));
-      load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(s), uint32_t(pt + 128));
+      load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(ks), uint32_t(pt));
+      load_kv_cp<Tr>(ksrc, kv.row_bytes, kv.nvalid, full128, sm.k(ks), uint32_t(pt + 128));
     }
     cute::cp_async_fence();  // group: Q, K
-    // Arrives on full_kq[s] once this thread's copies so far (Q, K and the
-    // metadata) have landed; the producer goes on without waiting.
-    cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullKQ + s));
-    if (!tma_item) {
+    if (kv_new && !tma_item) {
+      cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullK + ks));
       const uint8_t* vsrc = static_cast<const uint8_t*>(p.v) + kv.kv_base * kKvBytes;
-      load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt));
-      load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(s), uint32_t(pt + 128));
+      load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(ks), uint32_t(pt));
+      load_kv_cp<Tr>(vsrc, kv.row_bytes, kv.nvalid, full128, sm.v(ks), uint32_t(pt + 128));
     }
-    cute::cp_async_fence();  // group: V (empty for a TMA item: the group count stays 3 per item)
-    if (!tma_item) cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullV + s));
+    cute::cp_async_fence();  // group: V (empty for a TMA or reused block: the group count stays 3 per item)
+    if (kv_new && !tma_item) cutlass::arch::cpasync_barrier_arrive_noinc(sm.bar(W::kFullV + ks));
+    prev_g = it.g, prev_b = it.b, prev_c = it.c;
     it = nx;
+    w = w_next;
   }
   cute::cp_async_wait<0>();
 }
@@ -412,8 +504,7 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm, i
 // P V turn per warpgroup, whatever its rows, so the turns stay paired):
 // wait_turn before issuing a GEMM, pass_turn right after issuing it.
 template <class Tr, bool kPingPong>
-__device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, int num_work, int stride,
-                                         uint32_t cg) {
+__device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, int seg, uint32_t cg) {
   using W = WsTraits<Tr>;
   using Elem = typename Tr::Elem;
   constexpr int kN = Tr::kN, kD = Tr::kD;
@@ -424,11 +515,17 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     if (cg == 1) pass_turn(cg);
   }
 
-  for (int64_t w = blockIdx.x, i = 0; w < num_work; w += stride, ++i) {
-    const int s = int(i & 1);
+  const int num_work = work_count(a);
+  const ItemOrder ord(num_work, seg);
+  uint32_t kv_par = 0;  // bit ks: the phase of K/V slot ks's current block
+  int i = 0;
+  for (int w = ord.item(0); w < num_work; w = ord.item(++i)) {
+    const int s = i & 1;
     const uint32_t parity = uint32_t(i >> 1) & 1u;
     Elem* const q_smem = sm.q(s);
-    const RowSetup& rows = sm.rows(int(i % W::kRowBufs));
+    const RowSetup& rows = sm.rows(i % W::kRowBufs);
+    int ks = 0;        // the item's K/V slot (from the RowSetup, below)
+    uint32_t kvp = 0;  // its phase
 
     // Accumulators in the m16n8 C order of main_kernel (value 2 h + vv of
     // n-atom j at index 4 j + 2 h + vv: row 16 w + lane / 4 + 8 h, column
@@ -443,7 +540,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     auto s_gemm = [&](int n) {
       if constexpr (kPingPong) wait_turn(cg);
       wg_issue_s<Tr>(cast_smem_ptr_to_uint(q_smem) + wg_rows_off(cg),
-                     cast_smem_ptr_to_uint(sm.k(s)) + wg_tile_off<Tr>(n), acc_s);
+                     cast_smem_ptr_to_uint(sm.k(ks)) + wg_tile_off<Tr>(n), acc_s);
       if constexpr (kPingPong) pass_turn(cg);
       cute::warpgroup_wait<0>();  // S(n) and P V(n - 1), as wg_s_gemm
       wg_fence_regs(acc_s);
@@ -458,12 +555,17 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
 
     auto pv = [&](int n, bool accumulate) {
       if constexpr (kPingPong) wait_turn(cg);
-      wg_issue_pv<Tr>(rP, cast_smem_ptr_to_uint(sm.v(s)) + wg_tile_off<Tr>(n), acc_o, accumulate);
+      wg_issue_pv<Tr>(rP, cast_smem_ptr_to_uint(sm.v(ks)) + wg_tile_off<Tr>(n), acc_o, accumulate);
       if constexpr (kPingPong) pass_turn(cg);
     };
 
-    // K, Q and the RowSetup of the item.
-    Bar::wait(sm.bar(W::kFullKQ + s), parity);
+    // Q and the RowSetup of the item, then its K (a reused block's phase has
+    // completed already: the wait returns at once).
+    Bar::wait(sm.bar(W::kFullQ + s), parity);
+    ks = rows.kv[0];
+    const bool kv_release = rows.kv[1] != 0;
+    kvp = (kv_par >> ks) & 1u;
+    Bar::wait(sm.bar(W::kFullK + ks), kvp);
     fence_proxy_async_smem();  // the producer's cp.async writes -> the async proxy (wgmma)
     // Tile counts of the warpgroup (as main_kernel's wgmma path).
     uint32_t vis_max, vis_min;
@@ -481,7 +583,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
           }
         },
         [&] {
-          Bar::wait(sm.bar(W::kFullV + s), parity);
+          Bar::wait(sm.bar(W::kFullV + ks), kvp);
           fence_proxy_async_smem();
         });
     cute::warpgroup_wait<0>();  // the last P V
@@ -494,11 +596,16 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     float row_lse[2];
     softmax_finalize(row_max, row_sum, a.out_scale, row_lse);  // row_sum: now the O scale
     epilogue<Tr>(acc_o, row_sum, row_lse, q_smem, rows.out, v, int(threadIdx.x) - 128, w, a.zero);
-    // This thread is done with stage s (its Q rows, K, V, the RowSetup): each
-    // consumer thread arrives (its own reads released by its own arrive;
-    // one arrive per warp after __syncwarp left racecheck reporting the
-    // other lanes' epilogue reads against the next copies, session 6).
-    Bar::arrive(sm.bar(W::kEmpty + s));
+    // This thread is done with Q slot s (its Q rows, the RowSetup) and, at
+    // the block's last item, with K/V slot ks: each consumer thread arrives
+    // (its own reads released by its own arrive; one arrive per warp after
+    // __syncwarp left racecheck reporting the other lanes' epilogue reads
+    // against the next copies, session 6).
+    Bar::arrive(sm.bar(W::kEmptyQ + s));
+    if (kv_release) {
+      Bar::arrive(sm.bar(W::kEmptyKV + ks));
+      kv_par ^= 1u << ks;
+    }
   }
 }
 
@@ -515,15 +622,14 @@ __global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(cons
   extern __shared__ __align__(1024) uint8_t smem_[];
   if (cast_smem_ptr_to_uint(smem_) & 1023u) __trap();  // (folded: the wgmma descriptors need it)
   const ws_detail::Smem<Tr> sm{smem_};
-  // num_work <= work_items by construction (scan); clamped all the same.
-  const int num_work = int(min(int64_t(*a.v.num_work), a.v.work_items));
-  const int stride = int(gridDim.x);
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < W::kStages; ++s) {
-      ws_detail::Bar::init(sm.bar(W::kFullKQ + s), W::kFullKQArrivals);
-      ws_detail::Bar::init(sm.bar(W::kFullV + s), W::kFullVArrivals);
-      ws_detail::Bar::init(sm.bar(W::kEmpty + s), W::kEmptyArrivals);
+      ws_detail::Bar::init(sm.bar(W::kFullQ + s), W::kFullQArrivals);
+      ws_detail::Bar::init(sm.bar(W::kFullK + s), W::kFullKVArrivals);
+      ws_detail::Bar::init(sm.bar(W::kFullV + s), W::kFullKVArrivals);
+      ws_detail::Bar::init(sm.bar(W::kEmptyQ + s), W::kEmptyArrivals);
+      ws_detail::Bar::init(sm.bar(W::kEmptyKV + s), W::kEmptyArrivals);
     }
     cutlass::arch::fence_barrier_init();
   }
@@ -536,10 +642,10 @@ __global__ void __launch_bounds__(WsTraits<Tr>::kThreads, 1) main_kernel_ws(cons
       cute::prefetch_tma_descriptor(&wa.k_map);
       cute::prefetch_tma_descriptor(&wa.v_map);
     }
-    ws_detail::producer<Tr>(wa, sm, num_work, stride);
+    ws_detail::producer<Tr>(wa, sm);
   } else {
     cutlass::arch::warpgroup_reg_alloc<W::kConsumerRegs>();
-    ws_detail::consumer<Tr, kPingPong>(a, sm, num_work, stride, wg - 1);
+    ws_detail::consumer<Tr, kPingPong>(a, sm, wa.seg, wg - 1);
   }
 #else
   __trap();
