@@ -280,6 +280,12 @@ __device__ __forceinline__ void cp_async_4(void* smem_dst, const void* gmem_src)
                : "memory");
 }
 
+// The pass's work items, as read by the main kernels: num_work <= work_items
+// by construction (scan); clamped all the same. (< 2^31: sparse_prefill.cu.)
+__device__ __forceinline__ int work_count(const PassView& v) {
+  return int(min(int64_t(*v.num_work), v.work_items));
+}
+
 // ---- Per-item metadata and row setup, one warp at a time: warp w owns MMA
 // rows [16 w, 16 w + 16) of every item. It copies the metadata of those
 // rows of the next item (cp.async, while this item computes), and after its
@@ -747,8 +753,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) main_kernel(cons
   Tensor sQ = make_tensor(make_smem_ptr(q_smem), typename Tr::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(k_smem), typename Tr::SmemLayoutKV{});
 
-  // num_work <= work_items by construction (scan); clamped all the same.
-  const int num_work = int(min(int64_t(*v.num_work), v.work_items));
+  const int num_work = work_count(v);
   const int stride = int(gridDim.x);
 
   typename Tr::TiledMma tiled_mma;

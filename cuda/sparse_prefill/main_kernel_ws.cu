@@ -98,8 +98,9 @@ template <class Tr, bool kPingPong>
 cudaError_t launch_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream) {
   using W = WsTraits<Tr>;
   if (v.work_items == 0) return cudaSuccess;
-  // ItemOrder's 32-bit item indices run up to num_work + 2 gridDim.x.
-  if (v.work_items >= (int64_t(1) << 31) - (int64_t(1) << 16)) return cudaErrorInvalidValue;
+  // ItemOrder's 32-bit item indices run up to num_work + 2 gridDim.x: a pass
+  // with more items runs the wg kernel (64-bit grid stride).
+  if (v.work_items >= (int64_t(1) << 31) - (int64_t(1) << 16)) return launch_main_wg(p, v, stream);
   WsArgs wa{};
   wa.a = main_launch::make_args(p, v);
   wa.kv_tma = encode_kv_maps<Tr>(p, wa) ? 1 : 0;

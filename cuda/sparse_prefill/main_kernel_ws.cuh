@@ -286,12 +286,8 @@ struct ItemOrder {
   }
 };
 
-// The pass's work items (num_work <= work_items by construction (scan);
-// clamped all the same). Each role reads it after its setmaxnreg: a value
-// kept across the register reconfiguration was spilled.
-__device__ __forceinline__ int work_count(const MainArgs& a) {
-  return int(min(int64_t(*a.v.num_work), a.v.work_items));
-}
+// (work_count, main_kernel.cuh: each role reads it after its setmaxnreg; a
+// value kept across the register reconfiguration was spilled.)
 
 // Whether two work items read the same K/V block.
 __device__ __forceinline__ bool same_block(const WorkItem& x, const WorkItem& y) {
@@ -364,7 +360,7 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm) {
   const SparsePrefillParams& p = a.p;
   const PassView& v = a.v;
   const int pt = int(threadIdx.x), lane = pt & 31, warp = pt >> 5;
-  const int num_work = work_count(a);
+  const int num_work = work_count(a.v);
   const ItemOrder ord(num_work, wa.seg);
   int w = ord.item(0);
   if (w >= num_work) return;
@@ -411,6 +407,8 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm) {
     // K/V: a new block goes into the next slot; the same block as the
     // previous item's stays where it is. The slot is released after the
     // last item that reads it (the next item reads another block, or none).
+    // (same_block(it, prev) with a WorkItem prev says the same, but compiled
+    // to different SASS with more instructions per item: kept spelled out.)
     const bool kv_new = it.g != prev_g || it.b != prev_b || it.c != prev_c;
     uint32_t kv_par = 0;
     if (kv_new) {
@@ -515,7 +513,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     if (cg == 1) pass_turn(cg);
   }
 
-  const int num_work = work_count(a);
+  const int num_work = work_count(a.v);
   const ItemOrder ord(num_work, seg);
   uint32_t kv_par = 0;  // bit ks: the phase of K/V slot ks's current block
   int i = 0;
