@@ -1,0 +1,66 @@
+"""A/B of sparse_prefill settings (env read per launch), the bench's shapes and timing.
+
+python3 probe/sp_ab.py 32768,131072 base: diag:MSA_JAX_SPARSE_PREFILL_DIAG=1 ...
+ROUNDS=2 interleaves the configs. Prints TFLOP/s per (n, cfg, round).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import msa_jax
+from bench_sparse_attention_ops import bench
+from bench_sparse_section import BS, D, HKV, HQ, K, attended_tokens
+
+if __name__ != "__main__":
+    ns = []
+else:
+    ns = [int(x) for x in sys.argv[1].split(",")]
+cfgs = []
+for a in (sys.argv[2:] if __name__ == "__main__" else []):
+    name, _, rest = a.partition(":")
+    env = dict(kv.split("=", 1) for kv in rest.split("+") if kv)
+    cfgs.append((name, env))
+rounds = int(os.environ.get("ROUNDS", "1"))
+dev = jax.devices()[0]
+if __name__ == "__main__":
+    print("#", dev.device_kind, flush=True)
+
+
+def ids_for(n, key):
+    parts = []
+    for s in range(0, n, 8192):
+        c = min(8192, n - s)
+        plan = msa_jax.plan_prefill([c], [s + c], num_q_heads=HKV, num_kv_heads=HKV, head_dim=D)
+        key, sub = jax.random.split(key)
+        sc = jax.random.uniform(sub, (c, HKV, plan.num_blocks), jnp.float32)
+        parts.append(jax.jit(lambda x, plan=plan: msa_jax.topk_select(x, K, plan))(sc))
+    return np.asarray(jnp.concatenate(parts, axis=0))
+
+
+for n in ns:
+    key = jax.random.key(n)
+    kq, kk, kvv, ki = jax.random.split(key, 4)
+    plan = msa_jax.plan_prefill([n], [n], num_q_heads=HQ, num_kv_heads=HKV, head_dim=D)
+    q = jax.random.normal(kq, (n, HQ, D), jnp.bfloat16)
+    k = jax.random.normal(kk, (n, HKV, D), jnp.bfloat16)
+    v = jax.random.normal(kvv, (n, HKV, D), jnp.bfloat16)
+    ids_np = ids_for(n, ki)
+    ids = jnp.asarray(ids_np)
+    flops = 4 * HQ // HKV * D * attended_tokens(ids_np, n, n)
+    for r in range(rounds):
+        for name, env in cfgs:
+            old = {x: os.environ.get(x) for x in env}
+            os.environ.update(env)
+            fn = jax.jit(lambda q, k, v, i: msa_jax.sparse_prefill(q, k, v, i, plan))
+            t = bench(fn, [[q, k, v, ids]], 300.0, float(os.environ.get("REPEAT_MS", "2000")))
+            print(f"n={n} cfg={name} round={r} {flops / t.median_ms / 1e9:.1f} TFLOP/s {t.median_ms:.3f} ms",
+                  flush=True)
+            for x, y in old.items():
+                if y is None:
+                    os.environ.pop(x, None)
+                else:
+                    os.environ[x] = y
