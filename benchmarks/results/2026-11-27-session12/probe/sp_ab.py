@@ -30,13 +30,19 @@ if __name__ == "__main__":
     print("#", dev.device_kind, flush=True)
 
 
-def ids_for(n, key):
+def ids_for(n, key, local=float(os.environ.get("IDS_LOCAL", "0"))):
+    """local = 0: uniform scores (the bench's distribution); local = a in (0, 1]: the scores of
+    the 128 queries of a block share a per-(query block, kv head) part of weight a, so adjacent
+    queries select mostly the same blocks (1: all the same, besides the forced local block)."""
     parts = []
     for s in range(0, n, 8192):
         c = min(8192, n - s)
         plan = msa_jax.plan_prefill([c], [s + c], num_q_heads=HKV, num_kv_heads=HKV, head_dim=D)
-        key, sub = jax.random.split(key)
+        key, sub, sub2 = jax.random.split(key, 3)
         sc = jax.random.uniform(sub, (c, HKV, plan.num_blocks), jnp.float32)
+        if local > 0:
+            shared = jax.random.uniform(sub2, (-(-c // 128), HKV, plan.num_blocks), jnp.float32)
+            sc = (1 - local) * sc + local * jnp.repeat(shared, 128, axis=0)[:c]
         parts.append(jax.jit(lambda x, plan=plan: msa_jax.topk_select(x, K, plan))(sc))
     return np.asarray(jnp.concatenate(parts, axis=0))
 
