@@ -6,7 +6,11 @@ ROUNDS=2 interleaves the configs. Prints TFLOP/s per (n, cfg, round).
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from pathlib import Path
+
+# The repository's benchmarks/ (this script runs from probe/ or from its copy under benchmarks/results/).
+sys.path.insert(0, str(next(d / "benchmarks" for d in Path(__file__).resolve().parents
+                            if (d / "benchmarks" / "bench_sparse_section.py").exists())))
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,14 +51,18 @@ def ids_for(n, key, local=float(os.environ.get("IDS_LOCAL", "0"))):
     return np.asarray(jnp.concatenate(parts, axis=0))
 
 
-for n in ns:
-    key = jax.random.key(n)
-    kq, kk, kvv, ki = jax.random.split(key, 4)
+def make_inputs(n):
+    """plan, q, k, v (random normal, bf16) and the ids (numpy) of one n-token sequence, seeded by n."""
+    kq, kk, kvv, ki = jax.random.split(jax.random.key(n), 4)
     plan = msa_jax.plan_prefill([n], [n], num_q_heads=HQ, num_kv_heads=HKV, head_dim=D)
     q = jax.random.normal(kq, (n, HQ, D), jnp.bfloat16)
     k = jax.random.normal(kk, (n, HKV, D), jnp.bfloat16)
     v = jax.random.normal(kvv, (n, HKV, D), jnp.bfloat16)
-    ids_np = ids_for(n, ki)
+    return plan, q, k, v, ids_for(n, ki)
+
+
+for n in ns:
+    plan, q, k, v, ids_np = make_inputs(n)
     ids = jnp.asarray(ids_np)
     flops = 4 * HQ // HKV * D * attended_tokens(ids_np, n, n)
     for r in range(rounds):

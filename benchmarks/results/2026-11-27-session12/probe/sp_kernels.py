@@ -4,29 +4,21 @@ import collections
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import jax
 import jax.numpy as jnp
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import msa_jax
-from bench_sparse_section import D, HKV, HQ, K
 
 sys.path.insert(0, os.path.dirname(__file__))
-from sp_ab import ids_for  # noqa: E402  (module-level code of sp_ab needs argv: guarded below)
+from sp_ab import make_inputs  # noqa: E402  (sp_ab's own runs are guarded by __main__)
 
 ns = [int(x) for x in sys.argv[1].split(",")]
 calls = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 for n in ns:
-    key = jax.random.key(n)
-    kq, kk, kvv, ki = jax.random.split(key, 4)
-    plan = msa_jax.plan_prefill([n], [n], num_q_heads=HQ, num_kv_heads=HKV, head_dim=D)
-    q = jax.random.normal(kq, (n, HQ, D), jnp.bfloat16)
-    k = jax.random.normal(kk, (n, HKV, D), jnp.bfloat16)
-    v = jax.random.normal(kvv, (n, HKV, D), jnp.bfloat16)
-    ids = jnp.asarray(ids_for(n, ki))
+    plan, q, k, v, ids_np = make_inputs(n)
+    ids = jnp.asarray(ids_np)
     fn = jax.jit(lambda q, k, v, i: msa_jax.sparse_prefill(q, k, v, i, plan))
     for _ in range(3):
         jax.block_until_ready(fn(q, k, v, ids))
