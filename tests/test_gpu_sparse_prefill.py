@@ -171,6 +171,18 @@ def test_random_ids(group, d, dtype, paged, shape):
     _check(*got, *want)
 
 
+def _hot_block_ids(rng, plan, qo, kv):
+    """8 valid random ids per row and KV head, with block 0 (a sink) in slot 0 and the row's own
+    block (128-token blocks, bottom-right causal position) in slot 1: long lists."""
+    ids = np.array(random_block_ids(rng, plan, 8, invalid=False))
+    rows = np.concatenate([np.arange(n) for n in qo])
+    seq = np.repeat(np.arange(len(qo)), qo)
+    pos = np.asarray(kv)[seq] - np.asarray(qo)[seq] + rows
+    ids[:, :, 0] = 0
+    ids[:, :, 1] = (pos // 128)[:, None]
+    return ids
+
+
 @pytest.mark.parametrize("group", [1, 16])
 def test_hot_blocks(group):
     """Block 0 (sink) and the query's own block selected by every row: long lists, many chunks."""
@@ -178,13 +190,7 @@ def test_hot_blocks(group):
     c = prefill_case(qo, kv, hq=4 * group, hkv=4, d=128, seed=3)
     plan = c.plan
     T = plan.total_q
-    rng = np.random.default_rng(5)
-    ids = np.array(random_block_ids(rng, plan, 8, invalid=False))
-    rows = np.concatenate([np.arange(n) for n in qo])
-    seq = np.repeat(np.arange(len(qo)), qo)
-    pos = np.asarray(kv)[seq] - np.asarray(qo)[seq] + rows
-    ids[:, :, 0] = 0
-    ids[:, :, 1] = (pos // 128)[:, None]
+    ids = _hot_block_ids(np.random.default_rng(5), plan, qo, kv)
     got = _run(c.q, c.k, c.v, jnp.asarray(ids), plan)
     want = _reference((c.q, c.k, c.v, plan, None), jnp.asarray(ids))
     _check(*got, *want)
@@ -418,12 +424,7 @@ def _segment_outputs():
     qo, kv = [1500, 700], [1900, 700]
     for group, d, dtype, paged in ((16, 128, jnp.bfloat16, False), (4, 64, jnp.float16, True)):
         c = prefill_case(qo, kv, hq=2 * group, hkv=2, d=d, dtype=dtype, paged=paged, seed=7 + group)
-        ids = np.array(random_block_ids(np.random.default_rng(group), c.plan, 8, invalid=False))
-        rows = np.concatenate([np.arange(n) for n in qo])
-        seq = np.repeat(np.arange(len(qo)), qo)
-        pos = np.asarray(kv)[seq] - np.asarray(qo)[seq] + rows
-        ids[:, :, 0] = 0
-        ids[:, :, 1] = (pos // 128)[:, None]
+        ids = _hot_block_ids(np.random.default_rng(group), c.plan, qo, kv)
         outs.append(_run(c.q, c.k, c.v, jnp.asarray(ids), c.plan, c.page_table))
     c = prefill_case([600, 257], [900, 300], hq=32, hkv=2, d=128, seed=32)
     outs.append(_run(c.q, c.k, c.v, random_block_ids(np.random.default_rng(16 * 128), c.plan, 6), c.plan))
