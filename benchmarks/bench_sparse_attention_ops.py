@@ -477,6 +477,9 @@ def parse(argv=None):
     p.add_argument("--sparse-baseline-max-seq", type=int, default=0,
                    help="sparse_prefill: skip the plain-XLA baseline above this context (0: never skip; "
                         "at 512K it alone takes minutes)")
+    p.add_argument("--sparse-vs-dense", action="store_true",
+                   help="sparse_prefill: also time our dense kernel (msa_jax.attention) at the same length "
+                        "and report the sparse rate as a share of it (#4's target; 512K dense takes ~90 s)")
     p.add_argument("--output_mode", default="o", choices=["o", "maxscore", "full"])
     p.add_argument("--cpu", action="store_true", help="run on the CPU (tiny shapes for a smoke test)")
     p.add_argument("-o", "--output", default=None, help="TSV output path")

@@ -45,6 +45,20 @@ def test_bench_cli_cpu_sweep(tmp_path, capsys):
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
 
+def test_bench_sparse_vs_dense_row(tmp_path):
+    """--sparse-vs-dense adds, per length, a sparse_prefill row whose baseline is our dense kernel
+    on the same inputs (the issue's 70% target compares the two rates at one length)."""
+    bench = _load_bench()
+    out = tmp_path / "out.tsv"
+    rc = bench.main(["--cpu", "--sections", "sparse_prefill", "--seqs", "256", "--sparse-vs-dense",
+                     "--sparse-baseline-max-seq", "1", "--dry-run-ms", "1", "--repeat-ms", "5",
+                     "--batch-ms", "5", "-o", str(out)])
+    assert rc == 0
+    rows = [l.split("\t") for l in out.read_text().splitlines()[1:]]
+    dense = [r for r in rows if r[0] == "sparse_prefill" and r[8].startswith("ours_dense(")]
+    assert len(dense) == 1 and float(dense[0][9]) > 0 and float(dense[0][10]) > 0
+
+
 def test_plain_xla_sparse_decode_baseline_is_msa():
     """The sparse_decode baseline computes the same thing as the MSA decode step."""
     import jax
