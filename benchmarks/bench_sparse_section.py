@@ -20,7 +20,7 @@ import numpy as np
 
 import msa_jax
 
-from bench_sparse_attention_ops import Timing, bench, has_kernel, skip  # noqa: F401
+from bench_sparse_attention_ops import Timing, _visible_pairs, bench, has_kernel, skip  # noqa: F401
 
 HQ, HKV, D, K, BS = 64, 4, 128, 16, 128
 
@@ -96,6 +96,7 @@ def run(args, dev, out):
         ids_np = _ids(n, rng, dev)
         ids = jax.device_put(jnp.asarray(ids_np), dev)
         flops = 4 * HQ // HKV * D * attended_tokens(ids_np, n, n)   # G heads share each (row, group) set
+        shape = f"T={n},Hq={HQ},Hkv={HKV},D={D},k={K}"
         ours = jax.jit(lambda q, k, v, i: msa_jax.sparse_prefill(q, k, v, i, plan))
         t = bench(ours, [[q, k, v, ids]], args.dry_run_ms, args.repeat_ms)
         rate = flops / t.median_ms / 1e9
@@ -109,10 +110,10 @@ def run(args, dev, out):
             # lower clock under the card's power cap, RESULTS.md).
             dense = jax.jit(lambda q, k, v: msa_jax.attention(q, k, v, plan))
             td = bench(dense, [[q, k, v]], args.dry_run_ms, args.repeat_ms)
-            drate = 4 * HQ * D * (n * (n + 1) // 2) / td.median_ms / 1e9
+            drate = 4 * HQ * D * _visible_pairs(plan) / td.median_ms / 1e9
             print(f"# sparse_prefill n={n}: {rate / drate:.1%} of our dense kernel's {drate:.0f} TFLOP/s "
                   f"at the same length", file=sys.stderr, flush=True)
-            out.add("sparse_prefill", f"T={n},Hq={HQ},Hkv={HKV},D={D},k={K}", "bf16", t, rate, "TFLOP/s",
+            out.add("sparse_prefill", shape, "bf16", t, rate, "TFLOP/s",
                     f"ours_dense({drate:.1f} TFLOP/s)", td, dev)
         limit = getattr(args, "sparse_baseline_max_seq", 0)
         base_name, tb = "xla_gather_einsum", None
@@ -126,5 +127,5 @@ def run(args, dev, out):
                 tb = bench(base_fn, [[q, k, v, ids]], args.dry_run_ms, args.repeat_ms)
             except Exception as e:  # noqa: BLE001 (out of memory at long context)
                 print(f"# sparse_prefill baseline failed at n={n}: {type(e).__name__}", file=sys.stderr, flush=True)
-        out.add("sparse_prefill", f"T={n},Hq={HQ},Hkv={HKV},D={D},k={K}", "bf16", t, rate, "TFLOP/s",
+        out.add("sparse_prefill", shape, "bf16", t, rate, "TFLOP/s",
                 base_name, tb, dev)
