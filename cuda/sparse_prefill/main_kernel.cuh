@@ -316,6 +316,9 @@ struct RowSetup {
   // qoff (main_kernel_ws.cuh): the row's q offset in 16-byte units, bit 31
   // set for a padding row (offset 0 then: a valid address).
   uint32_t qsrc[kSparsePrefillRows];
+  // ... and its epilogue stores the partial O and LSE from these: the row's
+  // partial-O offset (out) in 16-byte units, bit 31 set for a padding row.
+  uint32_t osrc[kSparsePrefillRows];
   int32_t kv[4];                     // warp-specialized kernel: K/V slot, release flag (main_kernel_ws.cuh)
 };
 

@@ -161,9 +161,11 @@ bool ws_runnable() {
 }  // namespace
 
 cudaError_t launch_main_ws(const SparsePrefillParams& p, const PassView& v, cudaStream_t stream, WsVariant variant) {
-  // (The producer's Q offsets are 31-bit counts of 16-byte units: q < 2^35 bytes.)
+  // (The producer's Q offsets and the epilogue's partial-O offsets are 31-bit
+  // counts of 16-byte units: q and the pass's partial O < 2^35 bytes.)
   const bool q_fits = p.tokens * p.q_heads * p.head_dim * 2 < (int64_t(1) << 35);
-  if (p.kv_type == ElemType::kFP8E4M3 || !q_fits || !ws_runnable()) return launch_main_wg(p, v, stream);
+  const bool o_fits = v.tc * p.q_heads * p.topk * p.head_dim * 2 < (int64_t(1) << 35);
+  if (p.kv_type == ElemType::kFP8E4M3 || !q_fits || !o_fits || !ws_runnable()) return launch_main_wg(p, v, stream);
   if (p.q_type == ElemType::kBF16) return launch_ws_e<cute::bfloat16_t>(p, v, stream, variant);
   return launch_ws_e<cute::half_t>(p, v, stream, variant);
 }

@@ -78,6 +78,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
+#include "cuda/sparse_prefill/epilogue_ws.cuh"
 #include "cuda/sparse_prefill/main_kernel.cuh"
 
 namespace msa::cuda::sparse_prefill {
@@ -212,7 +213,8 @@ __device__ __forceinline__ void row_setup_row(const MainArgs& a, const WorkItem&
   row_values<Tr>(a, it, m, hdr, kv, pt, qoff, out, vis);
   // (q < 2^35 bytes, checked on the host: the offset in 16-byte units fits 31 bits.)
   rows.qsrc[pt] = qoff >= 0 ? uint32_t(qoff >> 4) : 0x80000000u;
-  rows.out[pt] = out;
+  // (The partial O is < 2^35 bytes, checked on the host: 31 bits of 16-byte units.)
+  rows.osrc[pt] = out >= 0 ? uint32_t((out * int64_t(sizeof(typename Tr::Elem))) >> 4) : 0x80000000u;
   rows.vis[pt] = vis;
   // Per 16-row half of the warp: the other half contributes the neutral
   // value (0 for the max, 128 for the min; padding rows: -1 -> 0 and 128).
@@ -593,7 +595,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     // reordered NVVM's phis and so the SASS.)
     float row_lse[2];
     softmax_finalize(row_max, row_sum, a.out_scale, row_lse);  // row_sum: now the O scale
-    epilogue<Tr>(acc_o, row_sum, row_lse, q_smem, rows.out, v, int(threadIdx.x) - 128, w, a.zero);
+    epilogue_ws<Tr>(acc_o, row_sum, row_lse, q_smem, rows.osrc, v, int(threadIdx.x) - 128);
     // This thread is done with Q slot s (its Q rows, the RowSetup) and, at
     // the block's last item, with K/V slot ks: each consumer thread arrives
     // (its own reads released by its own arrive; one arrive per warp after
