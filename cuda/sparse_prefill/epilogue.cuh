@@ -1,6 +1,6 @@
 // Epilogue of the sparse-prefill main kernels (main_kernel.cuh, both tile
-// loops, and main_kernel_ws.cuh's consumer warpgroups; the same code, so that
-// their outputs stay bit-identical): per warp, no CTA barrier, O / l (times
+// loops; main_kernel_ws.cuh's consumers use epilogue_ws.cuh, which writes the
+// same values to the same places): per warp, no CTA barrier, O / l (times
 // v_scale) -> the warp's own 16 rows of the Q tile in shared memory ->
 // 16-byte stores into the partial O [Tc, Hq, K, D]; lse = m + log l (natural
 // log) -> the partial LSE. The index maps (o_frag_*, ORowMap) are checked on

@@ -36,8 +36,9 @@
 //     D = 128, 48 KB at D = 64), 3 RowSetups, 2 ItemMetas, 10 mbarriers:
 //     ~201 KB at D = 128.
 //
-//   The softmax (softmax.cuh) and the epilogue (epilogue.cuh) are main_kernel's
-//   functions, called with the consumer thread index. Key tiles:
+//   The softmax (softmax.cuh) is main_kernel's, called with the consumer
+//   thread index; the epilogue is epilogue_ws.cuh's (the values and places of
+//   main_kernel's epilogue.cuh, with fewer instructions). Key tiles:
 //   Traits<..., 128> (kernel "ws", the default) runs each item as one 128-key
 //   tile: one m64n128 S GEMM, one softmax pass, one P V per warpgroup.
 //   Traits<...> (kernel "ws_tiled") runs main_kernel<Tr, true>'s key tiles
@@ -497,8 +498,8 @@ __device__ __forceinline__ void producer(const WsArgs& wa, const Smem<Tr>& sm) {
 // ---- Consumer (warpgroups 1, 2): ct = threadIdx.x - 128 plays main_kernel's
 // threadIdx.x (warp ct / 32 owns MMA rows [16 (ct / 32), + 16), warpgroup
 // cg = ct / 128 rows [64 cg, 64 cg + 64)). The tile loop is main_kernel's
-// wgmma path; the softmax and the epilogue are main_kernel's functions
-// (softmax.cuh, epilogue.cuh), passed ct.
+// wgmma path; the softmax is main_kernel's (softmax.cuh), the epilogue
+// epilogue_ws.cuh's, both passed ct.
 //
 // kPingPong (one-tile kernel only: every item is exactly one S turn and one
 // P V turn per warpgroup, whatever its rows, so the turns stay paired):
@@ -589,7 +590,7 @@ __device__ __forceinline__ void consumer(const MainArgs& a, const Smem<Tr>& sm, 
     cute::warpgroup_wait<0>();  // the last P V
     wg_fence_regs(acc_o);
 
-    // ---- Epilogue: main_kernel's (epilogue.cuh), on the stage's Q rows of
+    // ---- Epilogue (epilogue_ws.cuh), on the stage's Q rows of
     // this warp, with the consumer thread index.
     // (row_lse is the caller's: an array local to the inlined epilogue
     // reordered NVVM's phis and so the SASS.)
