@@ -8,6 +8,7 @@
 #include <cute/arch/copy_sm90.hpp>
 
 #include "cuda/sparse_prefill/epilogue.cuh"
+#include "cuda/sparse_prefill/main_kernel.cuh"  // RowSetup::osrc, units16_addr
 
 namespace msa::cuda::sparse_prefill {
 
@@ -81,9 +82,7 @@ __device__ __forceinline__ void epilogue_ws(const AccO& acc_o, const float (&o_s
 #pragma unroll
     for (int i = 0; i < Map::kChunks; ++i) {
       const uint4 val = *reinterpret_cast<const uint4*>(q_smem + Map::off(base, i));
-      uint64_t a;
-      asm("mad.wide.u32 %0, %1, 16, %2;" : "=l"(a) : "r"(src[i] & 0x7fffffffu), "l"(reinterpret_cast<uint64_t>(po)));
-      st_global_16_if(reinterpret_cast<void*>(a), val, int(src[i]));
+      st_global_16_if(reinterpret_cast<void*>(units16_addr(po, src[i])), val, int(src[i]));
     }
   }
 }

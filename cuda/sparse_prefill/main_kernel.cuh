@@ -322,6 +322,20 @@ struct RowSetup {
   int32_t kv[4];                     // warp-specialized kernel: K/V slot, release flag (main_kernel_ws.cuh)
 };
 
+// RowSetup::qsrc / osrc: a byte offset (< 2^35; < 0: padding) as a count of
+// 16-byte units with bit 31 set for padding, and back to base + 16 units (a
+// padding row gives base itself: a valid address; callers predicate on the
+// sign bit). The address is one wide multiply-add: written in C++, the 64-bit
+// product was split into shifts and masks (7 instructions a use).
+__device__ __forceinline__ uint32_t units16(int64_t bytes) {
+  return bytes >= 0 ? uint32_t(bytes >> 4) : 0x80000000u;
+}
+__device__ __forceinline__ uint64_t units16_addr(const void* base, uint32_t units) {
+  uint64_t a;
+  asm("mad.wide.u32 %0, %1, 16, %2;" : "=l"(a) : "r"(units & 0x7fffffffu), "l"(reinterpret_cast<uint64_t>(base)));
+  return a;
+}
+
 // The item's K/V block: keys [key0, key0 + nvalid) are real (rows past nvalid
 // are zero-filled; nvalid = 0 for an unresolvable page), key j of the block
 // sits at element kv_base + j * row_stride of K (and V); row_bytes = the

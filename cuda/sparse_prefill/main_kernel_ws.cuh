@@ -212,10 +212,9 @@ __device__ __forceinline__ void row_setup_row(const MainArgs& a, const WorkItem&
   int vis = -1;
   int64_t qoff = -1, out = -1;
   row_values<Tr>(a, it, m, hdr, kv, pt, qoff, out, vis);
-  // (q < 2^35 bytes, checked on the host: the offset in 16-byte units fits 31 bits.)
-  rows.qsrc[pt] = qoff >= 0 ? uint32_t(qoff >> 4) : 0x80000000u;
-  // (The partial O is < 2^35 bytes, checked on the host: 31 bits of 16-byte units.)
-  rows.osrc[pt] = out >= 0 ? uint32_t((out * int64_t(sizeof(typename Tr::Elem))) >> 4) : 0x80000000u;
+  // (q and the pass's partial O are < 2^35 bytes, checked on the host: 31 bits of 16-byte units.)
+  rows.qsrc[pt] = units16(qoff);
+  rows.osrc[pt] = units16(out * int64_t(sizeof(typename Tr::Elem)));
   rows.vis[pt] = vis;
   // Per 16-row half of the warp: the other half contributes the neutral
   // value (0 for the max, 128 for the min; padding rows: -1 -> 0 and 128).
@@ -257,11 +256,7 @@ __device__ __forceinline__ void gather_q_ws(const void* q, const uint32_t* s_qsr
   for (int i = 0; i < kRows; ++i) src[i] = s_qsrc[r0 + i * kStep];
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
-    // s + 16 (src & 0x7fffffff) as one wide multiply-add (written in C++, the
-    // 64-bit product was split into shifts and masks: 7 instructions a copy).
-    uint64_t a;
-    asm("mad.wide.u32 %0, %1, 16, %2;" : "=l"(a) : "r"(src[i] & 0x7fffffffu), "l"(s));
-    cp_async_16_policy(d + i * kStep * 64, reinterpret_cast<const void*>(a), int(src[i]), pol);
+    cp_async_16_policy(d + i * kStep * 64, reinterpret_cast<const void*>(units16_addr(s, src[i])), int(src[i]), pol);
   }
 }
 
