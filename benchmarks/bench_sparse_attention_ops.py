@@ -424,7 +424,11 @@ def section_e2e(args, dev, out: Writer):
         v = device_normal(rng, (n, hkv, d), jnp.bfloat16, dev)
         qi = device_normal(rng, (n, hkv, di), jnp.bfloat16, dev)
         ki = device_normal(rng, (n, di), jnp.bfloat16, dev)
-        ours = jax.jit(lambda q, k, v, qi, ki: msa_jax.sparse_attention(q, k, v, qi, ki, plan, topk=k_sel))
+        # Past --index-chunk tokens the index branch runs in chunks: its fp32 block scores grow as T^2
+        # (128 GiB in one pass at 1M), while the outputs are the same bits (sparse_attention's doc).
+        chunk = args.index_chunk if 0 < args.index_chunk < n else None
+        ours = jax.jit(lambda q, k, v, qi, ki: msa_jax.sparse_attention(q, k, v, qi, ki, plan, topk=k_sel,
+                                                                        index_chunk=chunk))
         t = bench(ours, [[q, k, v, qi, ki]], args.dry_run_ms, args.repeat_ms)
         base = None
         if not args.cpu:
@@ -435,7 +439,8 @@ def section_e2e(args, dev, out: Writer):
             except Exception as e:  # noqa: BLE001
                 skip("e2e cudnn baseline", f"{type(e).__name__}: {str(e)[:120]}")
         dense_flops = 4 * hq * d * _visible_pairs(plan)
-        out.add("e2e", f"T={n},{hq}q/{hkv}kv,d={d},Di={di},k={k_sel}", "bf16", t,
+        out.add("e2e", f"T={n},{hq}q/{hkv}kv,d={d},Di={di},k={k_sel}" + (f",index_chunk={chunk}" if chunk else ""),
+                "bf16", t,
                 dense_flops / t.median_ms / 1e9, "dense-equiv TFLOP/s", "cudnn_dense_causal", base, dev)
         print(f"# e2e T={n}: sparse_attention {t.median_ms:.2f} ms" +
               (f", cuDNN dense {base.median_ms:.2f} ms: {base.median_ms / t.median_ms:.2f}x" if base else ""),
@@ -480,6 +485,10 @@ def parse(argv=None):
     p.add_argument("--sparse-vs-dense", action="store_true",
                    help="sparse_prefill: also time our dense kernel (msa_jax.attention) at the same length "
                         "and report the sparse rate as a share of it (#4's target; 512K dense takes ~90 s)")
+    p.add_argument("--index-chunk", type=int, default=0,
+                   help="e2e: contexts longer than this run sparse_attention's index branch in chunks of "
+                        "this many query tokens (0: one pass at every length; one pass needs "
+                        "T x Hkv x T/128 x 4 bytes of scores, 128 GiB at 1M)")
     p.add_argument("--output_mode", default="o", choices=["o", "maxscore", "full"])
     p.add_argument("--cpu", action="store_true", help="run on the CPU (tiny shapes for a smoke test)")
     p.add_argument("-o", "--output", default=None, help="TSV output path")

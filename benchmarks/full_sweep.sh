@@ -18,6 +18,8 @@ if [[ $part == prefill || $part == all ]]; then
 fi
 if [[ $part == e2e || $part == all ]]; then
   run e2e --sections e2e --heads 64/4 --seqs 8192,32768,131072,262144,524288
+  # 1M: the index branch in 64K-token chunks (one pass would need 128 GiB of block scores); ~4 min
+  run e2e_1m --sections e2e --heads 64/4 --seqs 1048576 --index-chunk 65536
 fi
 if [[ $part == sparse_prefill || $part == all ]]; then
   run sparse_prefill --sections sparse_prefill --seqs 32768,131072,524288

@@ -59,6 +59,19 @@ def test_bench_sparse_vs_dense_row(tmp_path):
     assert len(dense) == 1 and float(dense[0][9]) > 0 and float(dense[0][10]) > 0
 
 
+def test_bench_e2e_index_chunk_row(tmp_path):
+    """--index-chunk chunks the index branch only of e2e rows longer than it, and names the chunk
+    in their shape (the 1M row needs it: one pass would hold 128 GiB of block scores)."""
+    bench = _load_bench()
+    out = tmp_path / "out.tsv"
+    rc = bench.main(["--cpu", "--sections", "e2e", "--seqs", "200,300", "--index-chunk", "256",
+                     "--dry-run-ms", "1", "--repeat-ms", "5", "--batch-ms", "5", "-o", str(out)])
+    assert rc == 0
+    shapes = [l.split("\t")[1] for l in out.read_text().splitlines()[1:]]
+    assert len(shapes) == 2
+    assert "index_chunk" not in shapes[0] and shapes[1].endswith(",index_chunk=256")
+
+
 def test_plain_xla_sparse_decode_baseline_is_msa():
     """The sparse_decode baseline computes the same thing as the MSA decode step."""
     import jax
