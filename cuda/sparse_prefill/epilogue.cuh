@@ -57,6 +57,19 @@ __device__ __forceinline__ void st_global_16_if(void* gmem_dst, const uint4& val
       : "memory");
 }
 
+// 4-byte global store of x when flag >= 0, predicated like st_global_16_if
+// (epilogue_ws.cuh's LSE stores; the LSEs are few, so no cache hint).
+__device__ __forceinline__ void st_global_4_if(float* gmem_dst, float x, int flag) {
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.ge.s32 p, %2, 0;\n"
+      "  @p st.global.f32 [%0], %1;\n"
+      "}\n" ::"l"(gmem_dst),
+      "f"(x), "r"(flag)
+      : "memory");
+}
+
 // Epilogue, part 1: acc_o values (2 h, 2 h + 1) of n-atom j of thread tid sit
 // at (row, col) = (16 w + l / 4 + 8 h, 8 j + 2 (l % 4)) of the Q tile. row % 8
 // is l / 4 for all of them, so the swizzled element offset is one base with

@@ -7,22 +7,10 @@
 
 #include <cute/arch/copy_sm90.hpp>
 
-#include "cuda/sparse_prefill/epilogue.cuh"
+#include "cuda/sparse_prefill/epilogue.cuh"  // st_global_16_if / _4_if, pack2, opaque_zero, ORowMap
 #include "cuda/sparse_prefill/main_kernel.cuh"  // RowSetup::osrc, units16_addr
 
 namespace msa::cuda::sparse_prefill {
-
-// 4-byte global store of x when flag >= 0 (predicated, no branch).
-__device__ __forceinline__ void st_global_4_if(float* gmem_dst, float x, int flag) {
-  asm volatile(
-      "{\n"
-      "  .reg .pred p;\n"
-      "  setp.ge.s32 p, %2, 0;\n"
-      "  @p st.global.f32 [%0], %1;\n"
-      "}\n" ::"l"(gmem_dst),
-      "f"(x), "r"(flag)
-      : "memory");
-}
 
 // The warp-specialized kernel's epilogue (main_kernel_ws.cuh): the same
 // values to the same places as epilogue(), with fewer instructions on the
